@@ -1,0 +1,39 @@
+# Every target sets itself up: it creates .venv if missing and installs the
+# package with its extras whenever pyproject.toml changed.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+# Installed first and on its own, so that pip never resolves `torch` to a
+# multi-GB CUDA build (here 2.13.0 is a CPU wheel on local disk).
+TORCH ?= torch==2.13.0
+STAMP := $(VENV)/.installed
+
+.PHONY: install demo test test-slow lint coverage clean
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet "$(TORCH)"
+	$(PY) -m pip install --quiet -e ".[test,dev]"
+	touch $@
+
+install: $(STAMP)
+
+demo: $(STAMP)
+	$(PY) -m sbi_alfi.demo
+
+test: $(STAMP)
+	$(PY) -m ruff check .
+	$(PY) -m pytest
+
+test-slow: $(STAMP)
+	$(PY) -m pytest -m slow
+
+lint: $(STAMP)
+	$(PY) -m ruff check .
+	$(PY) -m ruff format --check .
+
+coverage: $(STAMP)
+	$(PY) -m pytest --cov --cov-report=term
+
+clean:
+	rm -rf $(VENV) demo-output .pytest_cache .ruff_cache

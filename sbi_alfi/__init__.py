@@ -1,0 +1,7 @@
+r"""sbi-alfi: ALFI and AALR for the `sbi` simulation-based inference library."""
+
+from . import simulators
+
+__version__ = "0.1.0.dev0"
+
+__all__ = ["__version__", "simulators"]
