@@ -16,10 +16,11 @@ class Simulator:
     r"""Base class of a stochastic simulator :math:`x \sim p(x \mid \theta)` with a
     box prior :math:`p(\theta)`.
 
-    A subclass states `labels` (one per parameter) and `x_shape` (one observation)
-    and implements :meth:`_simulate`; where the model is tractable it also implements
-    :meth:`_log_likelihood` and :meth:`_mle` (a closed-form MLE). The public methods check their input before any work is done
-    and raise a :class:`ValueError` that names the problem.
+    A subclass states `names` and `labels` (plain and LaTeX, one per parameter)
+    and `x_shape` (one observation), and implements :meth:`_simulate`; where the
+    model is tractable it also implements :meth:`_log_likelihood` and :meth:`_mle`
+    (a closed-form MLE). The public methods check their input before any work is
+    done and raise a :class:`ValueError` that names the problem.
 
     Everything is batched: `theta` of shape `(*, D)` gives `x` of shape
     `(*, *x_shape)`, one independent observation per row, and the randomness comes
@@ -31,6 +32,7 @@ class Simulator:
         device: The device of the prior and of the simulations, as in `sbi`.
     """
 
+    names: tuple[str, ...] = ()
     labels: tuple[str, ...] = ()
     x_shape: torch.Size = torch.Size((1,))
 
@@ -42,9 +44,9 @@ class Simulator:
     ):
         low = torch.as_tensor(low, dtype=torch.float32)
         high = torch.as_tensor(high, dtype=torch.float32)
-        if low.shape != (len(self.labels),) or high.shape != low.shape:
+        if low.shape != (len(self.names),) or high.shape != low.shape:
             raise ValueError(
-                f"`low` and `high` must both have shape ({len(self.labels)},), "
+                f"`low` and `high` must both have shape ({len(self.names)},), "
                 f"got {tuple(low.shape)} and {tuple(high.shape)}."
             )
         if not (low < high).all():
@@ -55,7 +57,7 @@ class Simulator:
     @property
     def theta_dim(self) -> int:
         r"""The number :math:`D` of parameters."""
-        return len(self.labels)
+        return len(self.names)
 
     def __call__(
         self, theta: Tensor, generator: torch.Generator | None = None
@@ -120,7 +122,7 @@ class Simulator:
         return self._mle(x)
 
     def _mle(self, x: Tensor) -> Tensor:
-        r"""The closed-form MLE for checked data sets `x` of shape `(*, n, *x_shape)`."""
+        r"""The closed-form MLE for checked data sets `x`, `(*, n, *x_shape)`."""
         raise NotImplementedError(f"{type(self).__name__} has no closed-form MLE.")
 
     def check_theta(self, theta: Tensor, support: bool = True) -> Tensor:
@@ -132,15 +134,15 @@ class Simulator:
         d = self.theta_dim
         if theta.dim() == 0 or theta.shape[-1] != d:
             raise ValueError(
-                f"`theta` must have shape (*, {d}), one row of ({', '.join(self.labels)})"
-                f" per simulation, got {tuple(theta.shape)}."
+                f"`theta` must have shape (*, {d}), one row of "
+                f"({', '.join(self.names)}) per simulation, got {tuple(theta.shape)}."
             )
         rows = theta.reshape(-1, d)
         _raise_on_rows(~torch.isfinite(rows).all(-1), rows, "`theta` has NaN or inf")
         if support:
             low, high = self.prior.base_dist.low, self.prior.base_dist.high
             _raise_on_rows(
-                ~within_support(self.prior, rows.to(low.device)).to(rows.device),
+                ~within_support(self.prior, rows.to(low)).to(rows.device),
                 rows,
                 f"`theta` lies outside the prior's support [{_fmt(low)}, {_fmt(high)}]",
             )
@@ -155,7 +157,8 @@ class Simulator:
         k = len(self.x_shape)
         if x.dim() < k or x.shape[x.dim() - k :] != self.x_shape:
             raise ValueError(
-                f"`x` must have shape (*, {_shape(self.x_shape)}), got {tuple(x.shape)}."
+                f"`x` must have shape (*, {_shape(self.x_shape)}), "
+                f"got {tuple(x.shape)}."
             )
         rows = x.reshape(-1, self.x_shape.numel())
         _raise_on_rows(~torch.isfinite(rows).all(-1), rows, "`x` has NaN or inf")

@@ -27,12 +27,15 @@ class Gaussian(Simulator):
         device: The device of the prior and of the simulations.
 
     Example:
+        >>> import torch
+        >>> from sbi_alfi.simulators import Gaussian
         >>> sim = Gaussian()
         >>> x = sim(torch.tensor([1.0, 2.0]).expand(1000, 2))
         >>> sim.mle(x)  # close to (1, 2)
         tensor([...])
     """
 
+    names = ("mu", "sigma")
     labels = (r"$\mu$", r"$\sigma$")
     x_shape = torch.Size((1,))
 

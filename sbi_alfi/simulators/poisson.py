@@ -29,6 +29,8 @@ class Poisson(Simulator):
         device: The device of the prior and of the simulations.
 
     Example:
+        >>> import torch
+        >>> from sbi_alfi.simulators import Poisson
         >>> sim = Poisson()
         >>> theta = torch.tensor([[2.0]])
         >>> x = sim(theta.expand(500, 1))  # 500 counts at rate e^2
@@ -38,6 +40,7 @@ class Poisson(Simulator):
         tensor([...])
     """
 
+    names = ("theta",)
     labels = (r"$\theta = \log \lambda$",)
     x_shape = torch.Size((1,))
 

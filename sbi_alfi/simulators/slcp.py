@@ -50,6 +50,7 @@ class SLCP(Simulator):
         torch.Size([3])
     """
 
+    names = tuple(f"theta_{i}" for i in range(1, 6))
     labels = tuple(rf"$\theta_{i}$" for i in range(1, 6))
     x_shape = torch.Size((2 * NUM_DRAWS,))
 

@@ -51,12 +51,13 @@ class Weinberg(Simulator):
         >>> sim = Weinberg()
         >>> theta = torch.tensor([[42.0, 1.2]])
         >>> sim.asymmetry(theta)
-        tensor([-1.2...])
+        tensor([-1.3987])
         >>> x = sim(theta.expand(500, 2))  # a data set of 500 angles
         >>> x.shape
         torch.Size([500, 1])
     """
 
+    names = ("E_b", "G_F")
     labels = (r"$E_b$ [GeV]", r"$G_F$")
     x_shape = torch.Size((1,))
 
