@@ -1,0 +1,5 @@
+r"""Figures a person would rather look at than numbers."""
+
+from .data import plot_data_fit, plot_identified_quantity
+
+__all__ = ["plot_data_fit", "plot_identified_quantity"]
