@@ -1,7 +1,8 @@
 r"""sbi-alfi: ALFI and AALR for the `sbi` simulation-based inference library."""
 
 from . import simulators
+from .alfi import ALFI, ALFIPosterior
 
 __version__ = "0.1.0.dev0"
 
-__all__ = ["__version__", "simulators"]
+__all__ = ["ALFI", "ALFIPosterior", "__version__", "simulators"]

@@ -1,0 +1,445 @@
+r"""ALFI's inference class: meta-training of the recurrent machine."""
+
+from __future__ import annotations
+
+import copy
+import os
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+from sbi.utils import mcmc_transform, process_prior
+from sbi.utils.user_input_checks import process_simulator
+from torch import Tensor, nn
+from torch.distributions import Distribution
+from tqdm.auto import tqdm
+
+from ..simulators import checked_simulation
+from .network import RecurrentMachine, gaussian_nll, step_weights, unroll
+from .posterior import Z_MAX, ALFIPosterior, check_budget, simulate_standardized
+
+__all__ = ["ALFI"]
+
+# Validation runs with common random numbers, so that its curve reflects the
+# machine and not the simulator's noise from one epoch to the next.
+VALIDATION_SEED = 20181130
+
+
+class ALFI:
+    r"""Automatic likelihood-free inference with a meta-learned recurrent machine.
+
+    For an observed data set :math:`x_o = \{x_1 \dots x_n\}`, a recurrent network
+    moves a Gaussian proposal :math:`q(\theta \mid \psi_t)` step by step, looking at
+    data simulated from a few draws of it and at :math:`x_o`; the final proposal
+    :math:`q(\theta \mid \psi_T)` is the answer (see :class:`RecurrentMachine`). The
+    network is meta-trained once per simulator on tasks
+    :math:`\theta^*_i \sim p(\theta)`, :math:`x^*_i \sim p(x \mid \theta^*_i)^n`, by
+    minimizing
+
+    .. math:: \mathcal{L} = \mathbb{E}_i \sum_{t=1}^T w_t \,
+        \left[-\log q(t(\theta^*_i) \mid \psi_t)\right], \qquad
+        w_t \propto e^{3 s_t} - 1, \quad s_t = \tfrac{t - 1}{T - 1},
+
+    in the standardized unconstrained space :math:`z = t(\theta)` of
+    `sbi.utils.mcmc_transform`, so the simulator only ever receives parameters in
+    the prior's support. Inference is amortized over data sets, not over simulator
+    calls: each one runs :math:`T \times M \times K` simulations.
+
+    References:
+        | Recurrent machines for likelihood-free inference (Pesah et al., 2018)
+        | https://arxiv.org/abs/1811.12932
+
+    Arguments:
+        prior: A prior that `sbi.utils.process_prior` accepts.
+        simulator: A simulator that `sbi.utils.user_input_checks.process_simulator`
+            accepts; batched simulators are called once per step for the whole
+            meta-batch.
+        num_steps: The number :math:`T` of recurrent steps.
+        num_proposal_samples: The number :math:`M` of draws per step, at least 2.
+        num_simulations_per_sample: The number :math:`K` of simulations per draw.
+        embedding_net: A point encoder `(N, *x_shape) -> (N, F)` that replaces the
+            default MLP, e.g. one of `sbi.neural_nets.embedding_nets`.
+        initial_scale: The scale :math:`\sigma_0` of the first proposal, in the
+            standardized space; its mean :math:`\mu_0` is drawn from the prior.
+        machine_kwargs: Further arguments of :class:`RecurrentMachine` (widths,
+            `step_bound`).
+        device: The training device, as in `sbi`.
+        show_progress_bars: Whether to show progress bars.
+
+    Example:
+        >>> import torch
+        >>> from sbi_alfi import ALFI
+        >>> from sbi_alfi.simulators import Poisson
+        >>> sim = Poisson()
+        >>> inference = ALFI(sim.prior, sim, num_steps=3, show_progress_bars=False)
+        >>> _ = inference.train(num_tasks=40, num_observations=50, max_num_epochs=1)
+        >>> posterior = inference.build_posterior()
+        >>> x_o = sim(torch.tensor([[2.0]]).expand(50, 1))
+        >>> posterior.map(x=x_o).shape
+        torch.Size([1])
+    """
+
+    def __init__(
+        self,
+        prior: Distribution,
+        simulator: Callable,
+        num_steps: int = 15,
+        num_proposal_samples: int = 20,
+        num_simulations_per_sample: int = 20,
+        embedding_net: nn.Module | None = None,
+        initial_scale: float = 0.1,
+        machine_kwargs: dict[str, Any] | None = None,
+        device: str | torch.device = "cpu",
+        show_progress_bars: bool = True,
+    ):
+        check_budget(num_steps, num_proposal_samples, num_simulations_per_sample)
+        if initial_scale <= 0:
+            raise ValueError(f"`initial_scale` must be positive, got {initial_scale}.")
+        self._device = torch.device(device)
+        self._prior, self._theta_dim, self._prior_returns_numpy = process_prior(prior)
+        self._user_simulator = simulator
+        self._simulator = process_simulator(
+            simulator, self._prior, self._prior_returns_numpy
+        )
+        self._theta_transform = mcmc_transform(self._prior, device=self._device)
+        self.num_steps = num_steps
+        self.num_proposal_samples = num_proposal_samples
+        self.num_simulations_per_sample = num_simulations_per_sample
+        self.initial_scale = initial_scale
+        self._embedding_net = embedding_net
+        self._machine_kwargs = dict(machine_kwargs or {})
+        self._show_progress_bars = show_progress_bars
+        self._machine: RecurrentMachine | None = None
+        self._summary: dict[str, list[float]] = {}
+
+    # Meta-training
+
+    def simulate_tasks(
+        self, num_tasks: int, num_observations: int, chunk_size: int = 1_000
+    ) -> tuple[Tensor, Tensor]:
+        r"""Draws the meta-dataset: :math:`\theta^*_i \sim p(\theta)` and a data set
+        :math:`x^*_i` of `num_observations` points at each.
+
+        Returns:
+            `theta` of shape `(num_tasks, D)` and `x` of shape `(num_tasks, n,
+            *x_shape)`.
+        """
+        if num_tasks < 2 or num_observations < 1:
+            raise ValueError(
+                "Meta-training needs `num_tasks >= 2` and `num_observations >= 1`, "
+                f"got {num_tasks} and {num_observations}."
+            )
+        theta = self._prior.sample((num_tasks,))
+        xs = []
+        for chunk in tqdm(
+            theta.split(chunk_size),
+            desc="Simulating tasks",
+            disable=not self._show_progress_bars,
+        ):
+            x = checked_simulation(
+                self._simulator, chunk.repeat_interleave(num_observations, dim=0)
+            ).to(device=self._device, dtype=torch.float32)
+            xs.append(x.reshape(len(chunk), num_observations, *x.shape[1:]))
+        return theta.to(self._device), torch.cat(xs)
+
+    def train(
+        self,
+        num_tasks: int = 1_000,
+        num_observations: int = 500,
+        training_batch_size: int = 32,
+        learning_rate: float = 1e-3,
+        max_num_epochs: int = 100,
+        validation_fraction: float = 0.1,
+        stop_after_epochs: int = 10,
+        clip_max_norm: float | None = 5.0,
+        num_training_steps: int | None = None,
+        checkpoint_path: str | Path | None = None,
+        resume: bool = False,
+    ) -> RecurrentMachine:
+        r"""Meta-trains the recurrent machine and returns it.
+
+        Every recurrent step calls the simulator once for the whole meta-batch
+        (tasks x draws x simulations). A `validation_fraction` of the tasks is held
+        out; training stops after `stop_after_epochs` epochs without a lower
+        validation loss and the best machine is restored.
+
+        Arguments:
+            num_tasks: The number of tasks :math:`(\theta^*_i, x^*_i)`.
+            num_observations: The size `n` of each task's data set.
+            training_batch_size: The number of tasks per meta-batch.
+            learning_rate: Adam's learning rate.
+            max_num_epochs: The maximum number of passes over the training tasks.
+            validation_fraction: The share of tasks held out for validation.
+            stop_after_epochs: The patience of early stopping.
+            clip_max_norm: The gradient norm is clipped to this; `None` disables it.
+            num_training_steps: The number of recurrent steps during training;
+                `num_steps` when `None` (the paper trains Poisson on 5, tests on 15).
+            checkpoint_path: When given, a checkpoint (tasks, machine, optimizer,
+                early-stopping state and random state) is written there after the
+                tasks are simulated and after every epoch.
+            resume: Continue from the checkpoint at `checkpoint_path`, if any.
+
+        Returns:
+            The trained :class:`RecurrentMachine`.
+        """
+        num_training_steps = num_training_steps or self.num_steps
+        self._check_training_arguments(
+            training_batch_size, validation_fraction, max_num_epochs, stop_after_epochs
+        )
+        config = {
+            "num_tasks": num_tasks,
+            "num_observations": num_observations,
+            "theta_dim": self._theta_dim,
+        }
+        checkpoint_path = Path(checkpoint_path) if checkpoint_path is not None else None
+        state = None
+        if resume:
+            if checkpoint_path is None:
+                raise ValueError("`resume=True` needs a `checkpoint_path`.")
+            if checkpoint_path.exists():
+                state = torch.load(checkpoint_path, map_location=self._device)
+                if state["config"] != config:
+                    raise ValueError(
+                        f"The checkpoint at {checkpoint_path} was written for "
+                        f"{state['config']}, not {config}."
+                    )
+
+        if state is None:
+            theta, x = self.simulate_tasks(num_tasks, num_observations)
+            num_validation = max(1, int(validation_fraction * num_tasks))
+            permutation = torch.randperm(num_tasks)
+            state = {
+                "config": config,
+                "theta": theta,
+                "x": x,
+                "validation": permutation[:num_validation],
+                "training": permutation[num_validation:],
+                "epoch": 0,
+                "best_loss": float("inf"),
+                "epochs_since_improvement": 0,
+                "summary": {
+                    "training_loss": [],
+                    "validation_loss": [],
+                    "validation_rmse": [],
+                    "epoch_durations_sec": [],
+                },
+            }
+        theta, x = state["theta"], state["x"]
+        machine = self._build_machine(x)
+        optimizer = torch.optim.Adam(machine.parameters(), lr=learning_rate)
+        if "machine" in state:
+            machine.load_state_dict(state["machine"])
+            optimizer.load_state_dict(state["optimizer"])
+            torch.set_rng_state(state["rng"])
+        else:
+            machine.set_x_statistics(x[state["training"]].flatten(0, 1))
+            state["best_machine"] = copy.deepcopy(machine.state_dict())
+        if checkpoint_path is not None:
+            self._save_checkpoint(checkpoint_path, state, machine, optimizer)
+
+        weights = step_weights(num_training_steps).to(self._device)
+        summary = state["summary"]
+        epochs = tqdm(
+            range(state["epoch"], max_num_epochs),
+            initial=state["epoch"],
+            total=max_num_epochs,
+            desc="Meta-training ALFI",
+            disable=not self._show_progress_bars,
+        )
+        for epoch in epochs:
+            if state["epochs_since_improvement"] >= stop_after_epochs:
+                break
+            start = time.perf_counter()
+            machine.train()
+            losses = []
+            order = state["training"][torch.randperm(len(state["training"]))]
+            for batch in order.split(training_batch_size):
+                nll = self._task_losses(
+                    machine, theta[batch], x[batch], num_training_steps
+                )
+                loss = (weights[:, None] * nll).sum(0).mean()
+                optimizer.zero_grad()
+                loss.backward()
+                if clip_max_norm is not None:
+                    nn.utils.clip_grad_norm_(machine.parameters(), clip_max_norm)
+                optimizer.step()
+                losses.append(loss.item())
+
+            validation_loss, rmse = self._validate(
+                machine, theta, x, state["validation"], weights, training_batch_size
+            )
+            summary["training_loss"].append(sum(losses) / len(losses))
+            summary["validation_loss"].append(validation_loss)
+            summary["validation_rmse"].append(rmse)
+            summary["epoch_durations_sec"].append(time.perf_counter() - start)
+            if validation_loss < state["best_loss"]:
+                state["best_loss"] = validation_loss
+                state["best_machine"] = copy.deepcopy(machine.state_dict())
+                state["epochs_since_improvement"] = 0
+            else:
+                state["epochs_since_improvement"] += 1
+            state["epoch"] = epoch + 1
+            epochs.set_postfix(
+                loss=f"{summary['training_loss'][-1]:.3f}",
+                val_loss=f"{validation_loss:.3f}",
+                val_rmse=f"{rmse:.4g}",
+            )
+            if checkpoint_path is not None:
+                self._save_checkpoint(checkpoint_path, state, machine, optimizer)
+
+        machine.load_state_dict(state["best_machine"])
+        self._machine = machine.eval()
+        self._summary = summary
+        return self._machine
+
+    def _check_training_arguments(
+        self,
+        training_batch_size: int,
+        validation_fraction: float,
+        max_num_epochs: int,
+        stop_after_epochs: int,
+    ) -> None:
+        if training_batch_size < 1:
+            raise ValueError(
+                f"`training_batch_size` must be at least 1, got {training_batch_size}."
+            )
+        if not 0 < validation_fraction < 1:
+            raise ValueError(
+                f"`validation_fraction` must lie in (0, 1), got {validation_fraction}."
+            )
+        if max_num_epochs < 1 or stop_after_epochs < 1:
+            raise ValueError(
+                "`max_num_epochs` and `stop_after_epochs` must be at least 1, got "
+                f"{max_num_epochs} and {stop_after_epochs}."
+            )
+
+    def _build_machine(self, x: Tensor) -> RecurrentMachine:
+        embedding_net = copy.deepcopy(self._embedding_net)
+        return RecurrentMachine(
+            self._theta_dim,
+            x.shape[2:],
+            embedding_net=embedding_net,
+            **self._machine_kwargs,
+        ).to(self._device)
+
+    def _simulate(self, z: Tensor) -> Tensor:
+        return simulate_standardized(
+            self._simulator, self._theta_transform, z, self._device
+        )
+
+    def _task_losses(
+        self, machine: RecurrentMachine, theta: Tensor, x: Tensor, num_steps: int
+    ) -> Tensor:
+        r"""The losses :math:`-\log q(t(\theta^*) \mid \psi_t)` of a meta-batch, of
+        shape `(T, B)`, for :math:`t = 1 \dots T`."""
+        mu_0 = self._theta_transform(self._prior.sample((len(theta),)).to(self._device))
+        psi = unroll(
+            machine,
+            x,
+            self._simulate,
+            mu_0.clamp(-Z_MAX, Z_MAX),
+            self.initial_scale,
+            num_steps,
+            self.num_proposal_samples,
+            self.num_simulations_per_sample,
+        )
+        z_star = self._theta_transform(theta).clamp(-Z_MAX, Z_MAX)
+        return gaussian_nll(psi[1:], z_star)
+
+    def _validate(
+        self,
+        machine: RecurrentMachine,
+        theta: Tensor,
+        x: Tensor,
+        indices: Tensor,
+        weights: Tensor,
+        batch_size: int,
+    ) -> tuple[float, float]:
+        r"""The validation loss and the RMSE of :math:`t^{-1}(\mu_T)` to
+        :math:`\theta^*`, in parameter space."""
+        machine.eval()
+        losses, squared_errors = [], []
+        with torch.no_grad(), torch.random.fork_rng(devices=[]):
+            torch.manual_seed(VALIDATION_SEED)
+            for batch in indices.split(4 * batch_size):
+                mu_0 = self._theta_transform(
+                    self._prior.sample((len(batch),)).to(self._device)
+                )
+                psi = unroll(
+                    machine,
+                    x[batch],
+                    self._simulate,
+                    mu_0.clamp(-Z_MAX, Z_MAX),
+                    self.initial_scale,
+                    len(weights),
+                    self.num_proposal_samples,
+                    self.num_simulations_per_sample,
+                )
+                z_star = self._theta_transform(theta[batch]).clamp(-Z_MAX, Z_MAX)
+                nll = gaussian_nll(psi[1:], z_star)
+                losses.append((weights[:, None] * nll).sum(0))
+                estimate = self._theta_transform.inv(psi[-1].chunk(2, -1)[0])
+                squared_errors.append((estimate - theta[batch]).square())
+        rmse = torch.cat(squared_errors).mean().sqrt().item()
+        return torch.cat(losses).mean().item(), rmse
+
+    @staticmethod
+    def _save_checkpoint(
+        path: Path,
+        state: dict[str, Any],
+        machine: RecurrentMachine,
+        optimizer: torch.optim.Optimizer,
+    ) -> None:
+        state["machine"] = machine.state_dict()
+        state["optimizer"] = optimizer.state_dict()
+        state["rng"] = torch.get_rng_state()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        partial = path.with_name(path.name + ".partial")
+        torch.save(state, partial)
+        os.replace(partial, path)  # never leaves a half-written checkpoint behind
+
+    # The posterior
+
+    @property
+    def summary(self) -> dict[str, list[float]]:
+        r"""Per-epoch training loss, validation loss and RMSE, and durations."""
+        return self._summary
+
+    def build_posterior(
+        self,
+        num_steps: int | None = None,
+        num_proposal_samples: int | None = None,
+        num_simulations_per_sample: int | None = None,
+    ) -> ALFIPosterior:
+        r"""The posterior of the trained machine.
+
+        Arguments:
+            num_steps: The number of steps at inference; the trained value when
+                `None`.
+            num_proposal_samples: :math:`M` at inference (the reference used 64).
+            num_simulations_per_sample: :math:`K` at inference.
+
+        Returns:
+            An :class:`ALFIPosterior`.
+        """
+        if self._machine is None:
+            raise ValueError(
+                "ALFI has not been trained: call `inference.train(...)` before "
+                "`build_posterior()`."
+            )
+        return ALFIPosterior(
+            machine=copy.deepcopy(self._machine),
+            prior=self._prior,
+            simulator=self._user_simulator,
+            theta_transform=self._theta_transform,
+            num_steps=num_steps or self.num_steps,
+            num_proposal_samples=num_proposal_samples or self.num_proposal_samples,
+            num_simulations_per_sample=(
+                num_simulations_per_sample or self.num_simulations_per_sample
+            ),
+            initial_scale=self.initial_scale,
+            prior_returns_numpy=self._prior_returns_numpy,
+            device=self._device,
+        )

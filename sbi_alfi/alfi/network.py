@@ -1,0 +1,237 @@
+r"""The recurrent machine of ALFI: the network that moves the proposal."""
+
+from __future__ import annotations
+
+import itertools
+import math
+from collections.abc import Callable
+
+import torch
+from torch import Tensor, nn
+
+__all__ = ["RecurrentMachine", "gaussian_nll", "step_weights", "unroll"]
+
+# Bounds of log(sigma) in the standardized space: the proposal never collapses to
+# a point (NaN scores) nor spreads far beyond the prior (which has unit scale there).
+LOG_SIGMA_MIN, LOG_SIGMA_MAX = math.log(1e-4), math.log(3.0)
+
+
+def mlp(sizes: list[int], final: nn.Module | None = None) -> nn.Sequential:
+    layers: list[nn.Module] = []
+    for i, (a, b) in enumerate(itertools.pairwise(sizes)):
+        layers.append(nn.Linear(a, b))
+        if i < len(sizes) - 2:
+            layers.append(nn.ReLU())
+    if final is not None:
+        layers.append(final)
+    return nn.Sequential(*layers)
+
+
+class RecurrentMachine(nn.Module):
+    r"""The recurrent inference machine of ALFI.
+
+    It keeps a diagonal Gaussian proposal :math:`q(z \mid \psi)`, :math:`\psi = (\mu,
+    \log \sigma)`, over standardized unconstrained parameters :math:`z` and, at each
+    step, reads :math:`M` draws :math:`z_j \sim q(\cdot \mid \psi_t)`, the embeddings
+    :math:`e_j` of :math:`K` points simulated at each, the embedding :math:`e_o` of
+    the observed data and the score features :math:`g_j = \nabla_\psi \log q(z_j
+    \mid \psi_t)` (standardized over the :math:`M` draws):
+
+    .. math::
+        s_t = \frac{1}{M} \sum_j \phi([e_o, e_j, z_j, g_j]), \quad
+        h_{t+1} = \mathrm{GRU}(\rho([s_t, \psi_t]), h_t), \quad
+        \psi_{t+1} = \psi_t + b \tanh(\eta(h_{t+1})).
+
+    Embeddings are DeepSets means of a point encoder over a data set. The input
+    data are z-scored with statistics of the meta-training data (buffers).
+
+    References:
+        | Recurrent machines for likelihood-free inference (Pesah et al., 2018)
+        | https://arxiv.org/abs/1811.12932
+
+    Arguments:
+        theta_dim: The number :math:`D` of parameters.
+        x_shape: The shape of one observation.
+        embedding_net: A point encoder mapping `(N, *x_shape)` to `(N, F)`; by
+            default an MLP with `hidden_features` and `embedding_features` (tanh out).
+        hidden_features: The hidden width of the default point encoder.
+        embedding_features: The output width :math:`F` of the default encoder.
+        sample_features: The hidden and output widths of the per-sample network
+            :math:`\phi`.
+        rim_features: The width of the networks :math:`\rho` and :math:`\eta`.
+        recurrent_features: The width of the GRU state.
+        step_bound: The bound :math:`b` on each coordinate of :math:`\Delta\psi`.
+
+    Example:
+        >>> import torch
+        >>> from sbi_alfi.alfi.network import RecurrentMachine
+        >>> machine = RecurrentMachine(theta_dim=2, x_shape=torch.Size([1]))
+        >>> psi, h = machine.initial_state(torch.zeros(4, 2), sigma=0.1)
+        >>> z = torch.randn(4, 20, 2)
+        >>> e = machine.embed(torch.randn(4, 20, 10, 1)).mean(-2)
+        >>> e_o = machine.embed(torch.randn(4, 500, 1)).mean(-2)
+        >>> psi, h = machine.step(psi, h, e_o, z, e)
+        >>> psi.shape
+        torch.Size([4, 4])
+    """
+
+    def __init__(
+        self,
+        theta_dim: int,
+        x_shape: torch.Size,
+        embedding_net: nn.Module | None = None,
+        hidden_features: int = 50,
+        embedding_features: int = 20,
+        sample_features: tuple[int, int] = (50, 30),
+        rim_features: int = 30,
+        recurrent_features: int = 40,
+        step_bound: float = 0.5,
+    ):
+        super().__init__()
+        self.theta_dim = theta_dim
+        self.x_shape = torch.Size(x_shape)
+        self.step_bound = step_bound
+        self.register_buffer("x_mean", torch.zeros(self.x_shape))
+        self.register_buffer("x_std", torch.ones(self.x_shape))
+
+        if embedding_net is None:
+            embedding_net = nn.Sequential(
+                nn.Flatten(),
+                mlp(
+                    [
+                        self.x_shape.numel(),
+                        hidden_features,
+                        hidden_features,
+                        embedding_features,
+                    ],
+                    final=nn.Tanh(),
+                ),
+            )
+        self.embedding_net = embedding_net
+        with torch.no_grad():
+            probe = embedding_net(torch.zeros(2, *self.x_shape))
+        if probe.dim() != 2 or len(probe) != 2:
+            raise ValueError(
+                "`embedding_net` must map a batch (N, *x_shape) to features (N, F), "
+                f"got {tuple(probe.shape)} for N = 2."
+            )
+        features = probe.shape[1]
+
+        d = theta_dim
+        self.sample_net = mlp([2 * features + 3 * d, *sample_features], final=nn.Tanh())
+        self.rim_in = mlp([sample_features[-1] + 2 * d, rim_features], final=nn.ReLU())
+        self.gru = nn.GRUCell(rim_features, recurrent_features)
+        self.rim_out = mlp([recurrent_features, rim_features, 2 * d])
+
+    def set_x_statistics(self, x: Tensor) -> None:
+        r"""Sets the z-scoring of the data from simulations `x` of shape
+        `(N, *x_shape)`."""
+        self.x_mean.copy_(x.mean(0))
+        self.x_std.copy_(x.std(0).clamp(min=1e-8))
+
+    def embed(self, x: Tensor) -> Tensor:
+        r"""Embeds points `x` of shape `(*, *x_shape)` into features `(*, F)`."""
+        batch = x.shape[: x.dim() - len(self.x_shape)]
+        x = (x - self.x_mean) / self.x_std
+        return self.embedding_net(x.reshape(-1, *self.x_shape)).reshape(*batch, -1)
+
+    def initial_state(self, mu: Tensor, sigma: float) -> tuple[Tensor, Tensor]:
+        r"""The proposal :math:`\psi_0 = (\mu, \log \sigma)` and the GRU state
+        :math:`h_0 = 0` for proposal means `mu` of shape `(B, D)`."""
+        log_sigma = torch.full_like(mu, math.log(sigma))
+        h = mu.new_zeros(len(mu), self.gru.hidden_size)
+        return torch.cat([mu, log_sigma], -1), h
+
+    def step(
+        self, psi: Tensor, h: Tensor, e_o: Tensor, z: Tensor, e: Tensor
+    ) -> tuple[Tensor, Tensor]:
+        r"""One update of the proposal.
+
+        Arguments:
+            psi: The proposals :math:`(\mu, \log\sigma)`, of shape `(B, 2D)`.
+            h: The GRU states, of shape `(B, H)`.
+            e_o: The embeddings of the observed data sets, of shape `(B, F)`.
+            z: The draws from the proposals, of shape `(B, M, D)`, `M >= 2`.
+            e: The embeddings of the data simulated at each draw, `(B, M, F)`.
+
+        Returns:
+            The next proposals and GRU states.
+        """
+        mu, log_sigma = psi.unsqueeze(1).chunk(2, dim=-1)
+        sigma = log_sigma.exp()
+        u = (z - mu) / sigma
+        score = torch.cat([u / sigma, u.square() - 1], -1)  # d/dmu, d/dlog(sigma)
+        # Standardized over the draws: only the direction of the score matters, and
+        # its scale (1/sigma) would otherwise span orders of magnitude.
+        score = (score - score.mean(1, keepdim=True)) / (
+            score.std(1, keepdim=True) + 1e-6
+        )
+        inputs = torch.cat([e_o.unsqueeze(1).expand_as(e), e, z, score], -1)
+        summary = self.sample_net(inputs).mean(1)
+        h = self.gru(self.rim_in(torch.cat([summary, psi], -1)), h)
+        psi = psi + self.step_bound * torch.tanh(self.rim_out(h))
+        mu, log_sigma = psi.chunk(2, dim=-1)
+        return torch.cat([mu, log_sigma.clamp(LOG_SIGMA_MIN, LOG_SIGMA_MAX)], -1), h
+
+
+def unroll(
+    machine: RecurrentMachine,
+    x_o: Tensor,
+    simulate: Callable[[Tensor], Tensor],
+    mu_0: Tensor,
+    sigma_0: float,
+    num_steps: int,
+    num_samples: int,
+    num_simulations: int,
+) -> Tensor:
+    r"""Runs the machine for `num_steps` steps on a batch of observed data sets.
+
+    The draws from the proposal and the simulations are constants: gradients flow
+    through the :math:`\psi` chain, the GRU state, the score features and the
+    embeddings, not through the simulator (no REINFORCE).
+
+    Arguments:
+        machine: The recurrent machine.
+        x_o: The observed data sets, of shape `(B, n, *x_shape)`.
+        simulate: Maps standardized parameters `(N, D)` to data `(N, *x_shape)`;
+            called once per step for the whole batch.
+        mu_0: The initial proposal means, of shape `(B, D)`.
+        sigma_0: The initial proposal scale.
+        num_steps: The number :math:`T` of steps.
+        num_samples: The number :math:`M` of draws per step.
+        num_simulations: The number :math:`K` of simulations per draw.
+
+    Returns:
+        The proposals :math:`\psi_0, \dots, \psi_T`, of shape `(T + 1, B, 2D)`.
+    """
+    e_o = machine.embed(x_o).mean(1)
+    psi, h = machine.initial_state(mu_0, sigma_0)
+    batch, d = mu_0.shape
+    trajectory = [psi]
+    for _ in range(num_steps):
+        mu, log_sigma = psi.detach().chunk(2, dim=-1)
+        eps = torch.randn(batch, num_samples, d, dtype=mu.dtype, device=mu.device)
+        z = mu.unsqueeze(1) + log_sigma.exp().unsqueeze(1) * eps
+        x = simulate(z.reshape(-1, d).repeat_interleave(num_simulations, dim=0))
+        e = machine.embed(x.reshape(batch, num_samples, num_simulations, *x.shape[1:]))
+        psi, h = machine.step(psi, h, e_o, z, e.mean(2))
+        trajectory.append(psi)
+    return torch.stack(trajectory)
+
+
+def gaussian_nll(psi: Tensor, z: Tensor) -> Tensor:
+    r"""The negative log-density :math:`-\log q(z \mid \psi)` of the diagonal
+    Gaussian proposals `psi` of shape `(*, 2D)` at `z` of shape `(*, D)`."""
+    mu, log_sigma = psi.chunk(2, dim=-1)
+    u = (z - mu) / log_sigma.exp()
+    return (0.5 * u.square() + log_sigma + 0.5 * math.log(2 * math.pi)).sum(-1)
+
+
+def step_weights(num_steps: int) -> Tensor:
+    r"""The weights :math:`w_t \propto e^{3 s_t} - 1`, :math:`s_t` evenly spaced in
+    :math:`[0, 1]`, of the proposals :math:`\psi_1 \dots \psi_T` in the loss: late
+    steps count most, the first not at all (one step alone weighs 1)."""
+    if num_steps == 1:
+        return torch.ones(1)
+    weights = torch.linspace(0, 1, num_steps).mul(3).exp() - 1
+    return weights / weights.sum()

@@ -1,0 +1,367 @@
+r"""The posterior of ALFI: the final proposal of the recurrent machine."""
+
+from __future__ import annotations
+
+import hashlib
+from collections import OrderedDict
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+import numpy as np
+import torch
+from sbi.inference.posteriors.base_posterior import NeuralPosterior
+from sbi.inference.potentials.base_potential import BasePotential
+from sbi.sbi_types import Shape, TorchTransform
+from sbi.utils.sbiutils import within_support
+from sbi.utils.user_input_checks import process_simulator
+from torch import Tensor
+from torch.distributions import Distribution, Independent, Normal
+
+from ..simulators import checked_simulation
+from .network import RecurrentMachine, unroll
+
+__all__ = ["ALFIPosterior", "Trajectory"]
+
+# Standardized parameters are clamped here before they go back to the parameter
+# space: beyond, the sigmoid of a bounded prior saturates in float32.
+Z_MAX = 15.0
+
+
+class Trajectory(NamedTuple):
+    r"""The proposals :math:`\psi_0 \dots \psi_T` of one inference."""
+
+    mean: Tensor  #: The proposals' means in parameter space, `(T + 1, D)`.
+    std: Tensor  #: The proposals' standard deviations in parameter space, `(T + 1, D)`.
+    loc: Tensor  #: :math:`\mu_t` in the standardized space, `(T + 1, D)`.
+    scale: Tensor  #: :math:`\sigma_t` in the standardized space, `(T + 1, D)`.
+
+
+def simulate_standardized(
+    simulator: Callable[[Tensor], Tensor],
+    theta_transform: TorchTransform,
+    z: Tensor,
+    device: torch.device,
+) -> Tensor:
+    r"""Simulates at standardized parameters `z` of shape `(N, D)`: every parameter
+    handed to the simulator lies in the prior's support by construction."""
+    theta = theta_transform.inv(z.clamp(-Z_MAX, Z_MAX))
+    x = checked_simulation(simulator, theta)
+    return x.to(device=device, dtype=torch.float32)
+
+
+class ALFIPosterior(NeuralPosterior):
+    r"""The posterior of ALFI for an observed data set :math:`x_o`: the proposal
+    :math:`q(\theta \mid \psi_T)` after :math:`T` steps of the recurrent machine.
+
+    The proposal is a diagonal Gaussian in the standardized unconstrained space
+    :math:`z = t(\theta)` built by `sbi.utils.mcmc_transform`, so in parameter space
+
+    .. math:: \log q(\theta \mid \psi_T) = \log \mathcal{N}(t(\theta); \mu_T,
+        \mathrm{diag}\, \sigma_T^2) + \log \left| \det \frac{\partial t}{\partial
+        \theta} \right|.
+
+    The :math:`T` steps call the simulator :math:`T \times M \times K` times; they run
+    once per data set and are cached, so `sample`, `log_prob`, `map` and
+    `trajectory` on the same :math:`x_o` agree. `x` is always a data set of `n >= 1`
+    i.i.d. points, of shape `(n, *x_shape)`.
+
+    References:
+        | Recurrent machines for likelihood-free inference (Pesah et al., 2018)
+        | https://arxiv.org/abs/1811.12932
+
+    Arguments:
+        machine: The meta-trained recurrent machine.
+        prior: The prior, as processed by `sbi.utils.process_prior`.
+        simulator: The simulator, as the user gave it (it is processed by
+            `sbi.utils.user_input_checks.process_simulator` when first needed, so
+            the posterior pickles whenever the simulator does).
+        theta_transform: The map :math:`t` from parameters to the standardized space.
+        num_steps: The number :math:`T` of steps.
+        num_proposal_samples: The number :math:`M` of draws per step, `>= 2`.
+        num_simulations_per_sample: The number :math:`K` of simulations per draw.
+        initial_scale: The scale :math:`\sigma_0` of the initial proposal.
+        prior_returns_numpy: Whether the simulator takes numpy parameters.
+        device: The device of the machine and of the data.
+
+    Example:
+        >>> import torch
+        >>> from sbi_alfi import ALFI
+        >>> from sbi_alfi.simulators import Poisson
+        >>> sim = Poisson()
+        >>> inference = ALFI(sim.prior, sim, num_steps=3, show_progress_bars=False)
+        >>> _ = inference.train(num_tasks=40, num_observations=50, max_num_epochs=1)
+        >>> posterior = inference.build_posterior()
+        >>> x_o = sim(torch.tensor([[2.0]]).expand(50, 1))
+        >>> posterior.sample((10,), x=x_o).shape
+        torch.Size([10, 1])
+        >>> posterior.trajectory(x=x_o).mean.shape
+        torch.Size([4, 1])
+    """
+
+    def __init__(
+        self,
+        machine: RecurrentMachine,
+        prior: Distribution,
+        simulator: Callable,
+        theta_transform: TorchTransform,
+        num_steps: int,
+        num_proposal_samples: int,
+        num_simulations_per_sample: int,
+        initial_scale: float = 0.1,
+        prior_returns_numpy: bool = False,
+        device: str | torch.device = "cpu",
+    ):
+        check_budget(num_steps, num_proposal_samples, num_simulations_per_sample)
+        self.machine = machine.eval()
+        self.prior = prior
+        self.simulator = simulator
+        self.num_steps = num_steps
+        self.num_proposal_samples = num_proposal_samples
+        self.num_simulations_per_sample = num_simulations_per_sample
+        self.initial_scale = initial_scale
+        self.prior_returns_numpy = prior_returns_numpy
+        self._processed_simulator: Callable | None = None
+        self._cache: OrderedDict[tuple, Tensor] = OrderedDict()
+        super().__init__(
+            ALFIPotential(self, prior, device=device),
+            theta_transform=theta_transform,
+            device=device,
+        )
+        self._purpose = (
+            f"It runs {num_steps} steps of {num_proposal_samples} x "
+            f"{num_simulations_per_sample} simulations for each data set."
+        )
+
+    # Data sets, the cached runs and the proposals
+
+    def _check_x(self, x: Tensor, batched: bool = False) -> Tensor:
+        r"""`x` as data sets `(B, n, *x_shape)` (or one, `(n, *x_shape)`, when not
+        `batched`) on the device, or a :class:`ValueError` that names the problem."""
+        x_shape = self.machine.x_shape
+        x = torch.as_tensor(x, dtype=torch.float32)
+        k = len(x_shape) + (2 if batched else 1)
+        if not batched and x.dim() == k - 1:
+            x = x.unsqueeze(0)  # a single point is a data set of n = 1
+        expected = "(B, n, " if batched else "(n, "
+        if x.dim() != k or x.shape[x.dim() - len(x_shape) :] != x_shape or 0 in x.shape:
+            raise ValueError(
+                f"`x` must be {'data sets' if batched else 'a data set'} of shape "
+                f"{expected}{', '.join(map(str, x_shape))}) with n >= 1, "
+                f"got {tuple(x.shape)}."
+            )
+        finite = torch.isfinite(x.reshape(*x.shape[: k - len(x_shape)], -1)).all(-1)
+        if not finite.all():
+            raise ValueError(
+                f"`x` has NaN or inf in {int((~finite).sum())} of {finite.numel()} "
+                f"points; the first is at index {(~finite).nonzero()[0].tolist()}."
+            )
+        return x.to(self._device)
+
+    def _x_else_default_x(self, x: Tensor | None) -> Tensor:
+        if x is not None:
+            return self._check_x(x)
+        if self.default_x is None:
+            raise ValueError(
+                "Pass `x`, or set a default with `posterior.set_default_x(x_o)`."
+            )
+        return self.default_x
+
+    def set_default_x(self, x: Tensor) -> ALFIPosterior:
+        r"""Sets the data set that `sample`, `log_prob`, `map` and `trajectory` use
+        when no `x` is passed; returns the posterior, for chaining."""
+        self._x = self._check_x(x)
+        self._map = None
+        return self
+
+    def _psi(self, x: Tensor) -> Tensor:
+        r"""The proposals :math:`\psi_0 \dots \psi_T` for checked data sets
+        `(B, n, *x_shape)`, of shape `(T + 1, B, 2D)`, run once and cached."""
+        keys = [_key(data) for data in x]
+        missing = [i for i, key in enumerate(keys) if key not in self._cache]
+        if missing:
+            for i, psi in zip(missing, self._run(x[missing]).unbind(1), strict=True):
+                self._cache[keys[i]] = psi
+            while len(self._cache) > 256:
+                self._cache.popitem(last=False)
+        return torch.stack([self._cache[key] for key in keys], 1)
+
+    def _run(self, x: Tensor) -> Tensor:
+        with torch.no_grad():
+            mu_0 = self.theta_transform(self.prior.sample((len(x),)).to(self._device))
+            return unroll(
+                self.machine,
+                x,
+                self._simulate,
+                mu_0.clamp(-Z_MAX, Z_MAX),
+                self.initial_scale,
+                self.num_steps,
+                self.num_proposal_samples,
+                self.num_simulations_per_sample,
+            )
+
+    def _simulate(self, z: Tensor) -> Tensor:
+        if self._processed_simulator is None:
+            self._processed_simulator = process_simulator(
+                self.simulator, self.prior, self.prior_returns_numpy
+            )
+        return simulate_standardized(
+            self._processed_simulator, self.theta_transform, z, self._device
+        )
+
+    def proposal(self, psi: Tensor) -> Distribution:
+        r"""The diagonal Gaussians :math:`q(z \mid \psi)` in the standardized space."""
+        mu, log_sigma = psi.chunk(2, dim=-1)
+        return Independent(Normal(mu, log_sigma.exp()), 1)
+
+    # The sbi posterior interface
+
+    def sample(
+        self,
+        sample_shape: Shape = (),
+        x: Tensor | None = None,
+        show_progress_bars: bool = False,
+    ) -> Tensor:
+        r"""Draws from :math:`q(\theta \mid \psi_T)` for the data set `x`.
+
+        Arguments:
+            sample_shape: The shape of the draws.
+            x: A data set of shape `(n, *x_shape)`; the default x when `None`.
+            show_progress_bars: Unused: one inference takes well under a second
+                beyond its simulations. Kept for `sbi`'s interface.
+
+        Returns:
+            Parameters of shape `(*sample_shape, D)`.
+        """
+        psi = self._psi(self._x_else_default_x(x).unsqueeze(0))[-1, 0]
+        z = self.proposal(psi).sample(torch.Size(sample_shape))
+        return self.theta_transform.inv(z.clamp(-Z_MAX, Z_MAX))
+
+    def sample_batched(
+        self,
+        sample_shape: Shape,
+        x: Tensor,
+        show_progress_bars: bool = False,
+    ) -> Tensor:
+        r"""Draws from the posteriors of many data sets, run as one batch.
+
+        Arguments:
+            sample_shape: The shape of the draws for each data set.
+            x: Data sets of shape `(B, n, *x_shape)`.
+            show_progress_bars: Unused; kept for `sbi`'s interface.
+
+        Returns:
+            Parameters of shape `(*sample_shape, B, D)`.
+        """
+        psi = self._psi(self._check_x(x, batched=True))[-1]
+        z = self.proposal(psi).sample(torch.Size(sample_shape))
+        return self.theta_transform.inv(z.clamp(-Z_MAX, Z_MAX))
+
+    def log_prob(
+        self, theta: Tensor, x: Tensor | None = None, track_gradients: bool = False
+    ) -> Tensor:
+        r"""The exact log-density :math:`\log q(\theta \mid \psi_T)`, Jacobian of the
+        standardizing map included; :math:`-\infty` outside the prior's support.
+
+        Arguments:
+            theta: Parameters of shape `(*, D)`.
+            x: A data set of shape `(n, *x_shape)`; the default x when `None`.
+            track_gradients: Whether the result tracks gradients with respect to
+                `theta`.
+
+        Returns:
+            The log-densities, of shape `(*)`.
+        """
+        psi = self._psi(self._x_else_default_x(x).unsqueeze(0))[-1, 0]
+        theta = torch.as_tensor(theta, dtype=torch.float32, device=self._device)
+        with torch.set_grad_enabled(track_gradients):
+            inside = within_support(self.prior, theta)
+            # Masked placeholder: the transform of a point outside is NaN, whose
+            # gradient would poison the others'.
+            centre = self.theta_transform.inv(torch.zeros_like(theta))
+            safe = torch.where(inside.unsqueeze(-1), theta, centre)
+            z = self.theta_transform(safe)
+            log_q = self.proposal(psi).log_prob(z)
+            log_q = log_q + self.theta_transform.log_abs_det_jacobian(safe, z)
+            return torch.where(inside, log_q, -torch.inf)
+
+    def map(
+        self,
+        x: Tensor | None = None,
+        show_progress_bars: bool = False,
+        force_update: bool = False,
+    ) -> Tensor:
+        r"""ALFI's point estimate :math:`t^{-1}(\mu_T)`, of shape `(D,)`: the image
+        of the final proposal's mode (its coordinate-wise median in parameter
+        space). No optimization is needed, unlike `sbi`'s `map`.
+
+        Arguments:
+            x: A data set of shape `(n, *x_shape)`; the default x when `None`.
+            show_progress_bars: Unused; kept for `sbi`'s interface.
+            force_update: Run the machine again for this `x` (new simulations).
+        """
+        x = self._x_else_default_x(x)
+        if force_update:
+            self._cache.pop(_key(x), None)
+        mu = self._psi(x.unsqueeze(0))[-1, 0].chunk(2, dim=-1)[0]
+        return self.theta_transform.inv(mu.clamp(-Z_MAX, Z_MAX))
+
+    def trajectory(self, x: Tensor | None = None, num_nodes: int = 32) -> Trajectory:
+        r"""The proposals :math:`\psi_0 \dots \psi_T` for the data set `x`, with their
+        means and standard deviations in parameter space (by Gauss–Hermite
+        quadrature through the coordinate-wise map :math:`t^{-1}`).
+
+        Arguments:
+            x: A data set of shape `(n, *x_shape)`; the default x when `None`.
+            num_nodes: The number of quadrature nodes.
+        """
+        psi = self._psi(self._x_else_default_x(x).unsqueeze(0))[:, 0]
+        loc, log_scale = psi.chunk(2, dim=-1)
+        nodes, weights = np.polynomial.hermite_e.hermegauss(num_nodes)
+        nodes = torch.as_tensor(nodes, dtype=loc.dtype, device=loc.device)
+        weights = torch.as_tensor(weights / weights.sum(), dtype=loc.dtype).to(loc)
+        z = loc + log_scale.exp() * nodes[:, None, None]  # (nodes, T + 1, D)
+        theta = self.theta_transform.inv(z.clamp(-Z_MAX, Z_MAX))
+        mean = torch.einsum("k,ktd->td", weights, theta)
+        var = torch.einsum("k,ktd->td", weights, (theta - mean).square())
+        return Trajectory(mean, var.sqrt(), loc, log_scale.exp())
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = self.__dict__.copy()
+        state["_processed_simulator"] = None  # a closure; rebuilt when needed
+        return state
+
+
+class ALFIPotential(BasePotential):
+    r"""The potential of an :class:`ALFIPosterior`: its normalized log-density."""
+
+    def __init__(
+        self, posterior: ALFIPosterior, prior: Distribution, device: str | torch.device
+    ):
+        super().__init__(prior, x_o=None, device=device)
+        self.posterior = posterior
+
+    def __call__(self, theta: Tensor, track_gradients: bool = True) -> Tensor:
+        return self.posterior.log_prob(theta, self.x_o, track_gradients)
+
+
+def check_budget(
+    num_steps: int, num_proposal_samples: int, num_simulations_per_sample: int
+) -> None:
+    r"""Raises a :class:`ValueError` for a budget the machine cannot run."""
+    if num_steps < 1:
+        raise ValueError(f"`num_steps` must be at least 1, got {num_steps}.")
+    if num_proposal_samples < 2:
+        raise ValueError(
+            "`num_proposal_samples` must be at least 2 (the score features are "
+            f"standardized over the draws), got {num_proposal_samples}."
+        )
+    if num_simulations_per_sample < 1:
+        raise ValueError(
+            "`num_simulations_per_sample` must be at least 1, got "
+            f"{num_simulations_per_sample}."
+        )
+
+
+def _key(x: Tensor) -> tuple:
+    data = x.detach().cpu().contiguous().numpy().tobytes()
+    return tuple(x.shape), hashlib.sha1(data).hexdigest()
