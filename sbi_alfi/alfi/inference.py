@@ -89,7 +89,7 @@ class ALFI:
         num_proposal_samples: int = 20,
         num_simulations_per_sample: int = 20,
         embedding_net: nn.Module | None = None,
-        initial_scale: float = 0.1,
+        initial_scale: float = 0.5,
         machine_kwargs: dict[str, Any] | None = None,
         device: str | torch.device = "cpu",
         show_progress_bars: bool = True,
@@ -441,5 +441,6 @@ class ALFI:
             ),
             initial_scale=self.initial_scale,
             prior_returns_numpy=self._prior_returns_numpy,
+            processed_simulator=self._simulator,
             device=self._device,
         )

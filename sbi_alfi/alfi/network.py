@@ -85,7 +85,7 @@ class RecurrentMachine(nn.Module):
         sample_features: tuple[int, int] = (50, 30),
         rim_features: int = 30,
         recurrent_features: int = 40,
-        step_bound: float = 0.5,
+        step_bound: float = 1.0,
     ):
         super().__init__()
         self.theta_dim = theta_dim
@@ -118,7 +118,7 @@ class RecurrentMachine(nn.Module):
         features = probe.shape[1]
 
         d = theta_dim
-        self.sample_net = mlp([2 * features + 3 * d, *sample_features], final=nn.Tanh())
+        self.sample_net = mlp([3 * features + 3 * d, *sample_features], final=nn.Tanh())
         self.rim_in = mlp([sample_features[-1] + 2 * d, rim_features], final=nn.ReLU())
         self.gru = nn.GRUCell(rim_features, recurrent_features)
         self.rim_out = mlp([recurrent_features, rim_features, 2 * d])
@@ -166,7 +166,8 @@ class RecurrentMachine(nn.Module):
         score = (score - score.mean(1, keepdim=True)) / (
             score.std(1, keepdim=True) + 1e-6
         )
-        inputs = torch.cat([e_o.unsqueeze(1).expand_as(e), e, z, score], -1)
+        e_o = e_o.unsqueeze(1).expand_as(e)
+        inputs = torch.cat([e_o, e, e - e_o, z, score], -1)
         summary = self.sample_net(inputs).mean(1)
         h = self.gru(self.rim_in(torch.cat([summary, psi], -1)), h)
         psi = psi + self.step_bound * torch.tanh(self.rim_out(h))

@@ -25,6 +25,8 @@ __all__ = ["ALFIPosterior", "Trajectory"]
 # Standardized parameters are clamped here before they go back to the parameter
 # space: beyond, the sigmoid of a bounded prior saturates in float32.
 Z_MAX = 15.0
+# The number of data sets whose runs are kept.
+CACHE_SIZE = 256
 
 
 class Trajectory(NamedTuple):
@@ -72,9 +74,10 @@ class ALFIPosterior(NeuralPosterior):
     Arguments:
         machine: The meta-trained recurrent machine.
         prior: The prior, as processed by `sbi.utils.process_prior`.
-        simulator: The simulator, as the user gave it (it is processed by
-            `sbi.utils.user_input_checks.process_simulator` when first needed, so
-            the posterior pickles whenever the simulator does).
+        simulator: The simulator, as the user gave it; the posterior pickles
+            whenever it does.
+        processed_simulator: The simulator as processed by `sbi`'s
+            `process_simulator`; processed again when `None` (after loading).
         theta_transform: The map :math:`t` from parameters to the standardized space.
         num_steps: The number :math:`T` of steps.
         num_proposal_samples: The number :math:`M` of draws per step, `>= 2`.
@@ -107,8 +110,9 @@ class ALFIPosterior(NeuralPosterior):
         num_steps: int,
         num_proposal_samples: int,
         num_simulations_per_sample: int,
-        initial_scale: float = 0.1,
+        initial_scale: float = 0.5,
         prior_returns_numpy: bool = False,
+        processed_simulator: Callable | None = None,
         device: str | torch.device = "cpu",
     ):
         check_budget(num_steps, num_proposal_samples, num_simulations_per_sample)
@@ -120,7 +124,7 @@ class ALFIPosterior(NeuralPosterior):
         self.num_simulations_per_sample = num_simulations_per_sample
         self.initial_scale = initial_scale
         self.prior_returns_numpy = prior_returns_numpy
-        self._processed_simulator: Callable | None = None
+        self._processed_simulator = processed_simulator
         self._cache: OrderedDict[tuple, Tensor] = OrderedDict()
         super().__init__(
             ALFIPotential(self, prior, device=device),
@@ -176,14 +180,26 @@ class ALFIPosterior(NeuralPosterior):
     def _psi(self, x: Tensor) -> Tensor:
         r"""The proposals :math:`\psi_0 \dots \psi_T` for checked data sets
         `(B, n, *x_shape)`, of shape `(T + 1, B, 2D)`, run once and cached."""
-        keys = [_key(data) for data in x]
+        keys = [self._key(data) for data in x]
         missing = [i for i, key in enumerate(keys) if key not in self._cache]
         if missing:
             for i, psi in zip(missing, self._run(x[missing]).unbind(1), strict=True):
                 self._cache[keys[i]] = psi
-            while len(self._cache) > 256:
-                self._cache.popitem(last=False)
-        return torch.stack([self._cache[key] for key in keys], 1)
+        psi = torch.stack([self._cache[key] for key in keys], 1)
+        while len(self._cache) > max(CACHE_SIZE, len(keys)):
+            self._cache.popitem(last=False)
+        return psi
+
+    def _key(self, x: Tensor) -> tuple:
+        r"""The cache key of a data set: its content and the run's settings."""
+        data = x.detach().cpu().contiguous().numpy().tobytes()
+        settings = (
+            self.num_steps,
+            self.num_proposal_samples,
+            self.num_simulations_per_sample,
+            self.initial_scale,
+        )
+        return tuple(x.shape), hashlib.sha1(data).hexdigest(), settings
 
     def _run(self, x: Tensor) -> Tensor:
         with torch.no_grad():
@@ -301,7 +317,7 @@ class ALFIPosterior(NeuralPosterior):
         """
         x = self._x_else_default_x(x)
         if force_update:
-            self._cache.pop(_key(x), None)
+            self._cache.pop(self._key(x), None)
         mu = self._psi(x.unsqueeze(0))[-1, 0].chunk(2, dim=-1)[0]
         return self.theta_transform.inv(mu.clamp(-Z_MAX, Z_MAX))
 
@@ -327,7 +343,7 @@ class ALFIPosterior(NeuralPosterior):
 
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
-        state["_processed_simulator"] = None  # a closure; rebuilt when needed
+        state["_processed_simulator"] = None  # sbi's wrapper is a closure
         return state
 
 
@@ -360,8 +376,3 @@ def check_budget(
             "`num_simulations_per_sample` must be at least 1, got "
             f"{num_simulations_per_sample}."
         )
-
-
-def _key(x: Tensor) -> tuple:
-    data = x.detach().cpu().contiguous().numpy().tobytes()
-    return tuple(x.shape), hashlib.sha1(data).hexdigest()

@@ -1,0 +1,361 @@
+"""ALFI: meta-training, the posterior's density and cache, persistence, bad input."""
+
+import pickle
+
+import numpy as np
+import pytest
+import torch
+from sbi.neural_nets.embedding_nets import FCEmbedding
+from sbi.utils import BoxUniform
+from scipy import stats
+from torch.distributions import MultivariateNormal
+
+from sbi_alfi import ALFI, ALFIPosterior
+from sbi_alfi.simulators import SLCP, Gaussian, Poisson
+
+BUDGET = {"num_steps": 5, "num_proposal_samples": 8, "num_simulations_per_sample": 10}
+TRAINING = {
+    "num_tasks": 1000,
+    "num_observations": 100,
+    "training_batch_size": 32,
+    "max_num_epochs": 8,
+}
+
+
+class Recorder:
+    """A simulator that counts its calls and keeps every parameter it receives."""
+
+    def __init__(self, simulator):
+        self.simulator = simulator
+        self.calls = 0
+        self.thetas = []
+
+    def __call__(self, theta):
+        self.calls += 1
+        self.thetas.append(theta.clone())
+        return self.simulator(theta)
+
+
+def train(sim, seed=0, **kwargs):
+    torch.manual_seed(seed)
+    prior = sim.simulator.prior if isinstance(sim, Recorder) else sim.prior
+    inference = ALFI(prior, sim, show_progress_bars=False, **BUDGET)
+    inference.train(**{**TRAINING, **kwargs})
+    return inference
+
+
+@pytest.fixture(scope="module")
+def poisson():
+    return Poisson()
+
+
+@pytest.fixture(scope="module")
+def recorder(poisson):
+    return Recorder(poisson)
+
+
+@pytest.fixture(scope="module")
+def trained(recorder):
+    return train(recorder)
+
+
+@pytest.fixture(scope="module")
+def held_out(poisson):
+    torch.manual_seed(123)
+    theta = poisson.prior.sample((100,))
+    return theta, poisson(theta.unsqueeze(1).expand(-1, 100, -1))
+
+
+# Meta-training
+
+
+def test_meta_training_learns(trained, held_out, poisson):
+    losses = trained.summary["validation_loss"]
+    assert len(losses) == TRAINING["max_num_epochs"]
+    assert min(losses[1:]) < losses[0]
+
+    theta, x = held_out
+    estimate = trained.build_posterior().sample_batched((1000,), x).mean(0)
+    rmse = (estimate - theta).square().mean().sqrt()
+    prior_rmse = (poisson.prior.mean - theta).square().mean().sqrt()
+    assert rmse < 0.5 * prior_rmse
+
+
+def test_early_stopping_restores_the_best_machine(poisson, tmp_path):
+    path = tmp_path / "alfi.ckpt"
+    inference = train(
+        poisson,
+        max_num_epochs=30,
+        stop_after_epochs=1,
+        num_tasks=100,
+        checkpoint_path=path,
+    )
+    losses = inference.summary["validation_loss"]
+    assert len(losses) < 30  # stopped early...
+    assert losses[-1] >= min(losses[:-1])  # ... after an epoch without improvement
+    checkpoint = torch.load(path)
+    assert checkpoint["best_loss"] == min(losses)
+    best = checkpoint["best_machine"]
+    for name, value in inference._machine.state_dict().items():
+        assert torch.equal(value, best[name])
+
+
+def test_a_simulator_call_per_step_for_the_whole_meta_batch(poisson):
+    recorder = Recorder(poisson)
+    torch.manual_seed(0)
+    inference = ALFI(poisson.prior, recorder, show_progress_bars=False, **BUDGET)
+    recorder.calls, recorder.thetas = 0, []
+    inference.train(
+        num_tasks=64,
+        num_observations=20,
+        training_batch_size=64,
+        validation_fraction=0.5,
+        max_num_epochs=1,
+    )
+    # One call for the tasks, one per step for training and for validation.
+    assert recorder.calls == 1 + 2 * BUDGET["num_steps"]
+    batch = BUDGET["num_proposal_samples"] * BUDGET["num_simulations_per_sample"]
+    assert [len(t) for t in recorder.thetas[1:]] == [32 * batch] * 10
+
+
+# The posterior
+
+
+def test_log_prob_is_the_density_that_sample_draws_from(trained, poisson):
+    posterior = trained.build_posterior()
+    x_o = poisson(torch.tensor([[1.5]]).expand(100, 1))
+    samples = posterior.sample((5_000,), x=x_o)[:, 0]
+    assert samples.shape == (5_000,)
+    grid = torch.linspace(0.2, 7.0, 200_001)
+    density = posterior.log_prob(grid[:, None], x=x_o).exp()
+    assert torch.trapezoid(density, grid).item() == pytest.approx(1.0, abs=1e-3)
+    cdf = torch.cat([torch.zeros(1), torch.cumulative_trapezoid(density, grid)])
+
+    def exact_cdf(points):
+        return np.interp(points, grid.numpy(), cdf.numpy())
+
+    assert stats.kstest(samples.numpy(), exact_cdf).pvalue > 1e-3
+    outside = posterior.log_prob(torch.tensor([[0.1], [7.5]]), x=x_o)
+    assert outside.isneginf().all()
+
+
+def test_one_run_per_data_set(trained, recorder, poisson):
+    recorder.calls = 0
+    posterior = trained.build_posterior()
+    x_o = poisson(torch.tensor([[3.0]]).expand(100, 1))
+    posterior.set_default_x(x_o)
+    theta = posterior.sample((100,))
+    assert recorder.calls == BUDGET["num_steps"]
+    mode = posterior.map()
+    log_prob = posterior.log_prob(torch.cat([theta, mode[None]]))
+    trajectory = posterior.trajectory()
+    assert recorder.calls == BUDGET["num_steps"]  # all from the cache
+    assert log_prob.isfinite().all()
+    assert torch.allclose(posterior.theta_transform.inv(trajectory.loc[-1]), mode)
+    assert torch.allclose(trajectory.mean[-1], theta.mean(0), atol=0.05)
+    assert trajectory.mean.shape == trajectory.std.shape == (BUDGET["num_steps"] + 1, 1)
+    assert torch.allclose(posterior.map(x=x_o), mode)
+    posterior.map(force_update=True)
+    assert recorder.calls == 2 * BUDGET["num_steps"]
+
+
+def test_sample_batched_runs_all_data_sets_at_once(trained, recorder, held_out):
+    recorder.calls = 0
+    posterior = trained.build_posterior()
+    _, x = held_out
+    samples = posterior.sample_batched((7, 3), x[:20])
+    assert samples.shape == (7, 3, 20, 1)
+    assert recorder.calls == BUDGET["num_steps"]
+    posterior.sample((2,), x=x[4])  # cached by the batch run
+    assert recorder.calls == BUDGET["num_steps"]
+
+
+def test_posterior_is_an_sbi_posterior(trained, poisson):
+    from sbi.inference.posteriors.base_posterior import NeuralPosterior
+
+    posterior = trained.build_posterior()
+    assert isinstance(posterior, ALFIPosterior) and isinstance(
+        posterior, NeuralPosterior
+    )
+    x_o = poisson(torch.tensor([[2.0]]).expand(100, 1))
+    theta = posterior.sample((10,), x=x_o)
+    assert torch.allclose(
+        posterior.potential(theta, x=x_o), posterior.log_prob(theta, x=x_o)
+    )
+
+
+def test_save_load_samples_identically(trained, poisson, tmp_path):
+    posterior = trained.build_posterior()
+    x_o = poisson(torch.tensor([[4.0]]).expand(100, 1))
+    posterior.set_default_x(x_o)
+    posterior.map()  # the run, cached and saved with the posterior
+    torch.manual_seed(5)
+    expected = posterior.sample((50,))
+    torch.save(posterior, tmp_path / "posterior.pt")
+    for clone in (
+        torch.load(tmp_path / "posterior.pt", weights_only=False),
+        pickle.loads(pickle.dumps(posterior)),
+    ):
+        torch.manual_seed(5)
+        assert torch.equal(clone.sample((50,)), expected)
+        clone._cache.clear()  # a fresh run needs the simulator, rebuilt after loading
+        assert clone.sample((5,)).shape == (5, 1)
+
+
+def test_resume_continues_the_same_run(poisson, tmp_path):
+    path = tmp_path / "alfi.ckpt"
+    straight = train(poisson, seed=3, num_tasks=96, max_num_epochs=3)
+
+    torch.manual_seed(3)
+    first = ALFI(poisson.prior, poisson, show_progress_bars=False, **BUDGET)
+    first.train(
+        **{**TRAINING, "num_tasks": 96, "max_num_epochs": 2}, checkpoint_path=path
+    )
+    assert path.exists()
+    torch.manual_seed(999)  # whatever the seed now, the checkpoint's state is restored
+    resumed = ALFI(poisson.prior, poisson, show_progress_bars=False, **BUDGET)
+    machine = resumed.train(
+        **{**TRAINING, "num_tasks": 96, "max_num_epochs": 3},
+        checkpoint_path=path,
+        resume=True,
+    )
+    assert resumed.summary["validation_loss"] == straight.summary["validation_loss"]
+    expected = straight._machine.state_dict()
+    for name, value in machine.state_dict().items():
+        assert torch.equal(value, expected[name])
+
+
+def test_resume_rejects_another_run(poisson, tmp_path):
+    path = tmp_path / "alfi.ckpt"
+    train(poisson, num_tasks=40, max_num_epochs=1, checkpoint_path=path)
+    inference = ALFI(poisson.prior, poisson, show_progress_bars=False, **BUDGET)
+    with pytest.raises(ValueError, match="was written for"):
+        inference.train(
+            num_tasks=50, num_observations=100, checkpoint_path=path, resume=True
+        )
+    with pytest.raises(ValueError, match="needs a `checkpoint_path`"):
+        inference.train(num_tasks=50, resume=True)
+
+
+# Priors, embeddings, support
+
+
+def test_the_simulator_never_sees_theta_outside_a_bounded_prior():
+    sim = Gaussian(low=(-1.0, 0.5), high=(1.0, 1.0))
+    recorder = Recorder(sim)  # Gaussian raises on theta outside its prior, too
+    torch.manual_seed(0)
+    inference = ALFI(
+        sim.prior, recorder, initial_scale=3.0, show_progress_bars=False, **BUDGET
+    )
+    inference.train(num_tasks=64, num_observations=20, max_num_epochs=2)
+    posterior = inference.build_posterior()
+    posterior.sample_batched(
+        (10,), sim(sim.prior.sample((8,)).unsqueeze(1).expand(-1, 20, -1))
+    )
+    theta = torch.cat(recorder.thetas)
+    low, high = sim.prior.base_dist.low, sim.prior.base_dist.high
+    assert ((theta >= low) & (theta <= high)).all()
+    assert (theta[:, 0] < -0.99).any() and (theta[:, 0] > 0.99).any()  # edges reached
+
+
+def test_unbounded_prior_and_embedding_net():
+    sim = SLCP()
+    prior = MultivariateNormal(torch.zeros(5), 2 * torch.eye(5))
+
+    def simulator(theta):
+        return sim(theta.clamp(-3, 3))
+
+    torch.manual_seed(0)
+    inference = ALFI(
+        prior,
+        simulator,
+        embedding_net=FCEmbedding(8, output_dim=12),
+        show_progress_bars=False,
+        **BUDGET,
+    )
+    inference.train(num_tasks=64, num_observations=4, max_num_epochs=1)
+    posterior = inference.build_posterior()
+    x_o = sim(sim.theta_true.expand(4, 5))
+    theta = posterior.sample((100,), x=x_o)
+    assert theta.shape == (100, 5)
+    assert posterior.log_prob(theta, x=x_o).isfinite().all()
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
+def test_cuda():
+    sim = Poisson(device="cuda")
+    inference = ALFI(sim.prior, sim, device="cuda", show_progress_bars=False, **BUDGET)
+    inference.train(num_tasks=40, num_observations=20, max_num_epochs=1)
+    x_o = sim(torch.tensor([[2.0]], device="cuda").expand(20, 1))
+    assert inference.build_posterior().sample((3,), x=x_o).device.type == "cuda"
+
+
+# Bad input
+
+
+def test_bad_data_sets(trained):
+    posterior = trained.build_posterior()
+    with pytest.raises(ValueError, match=r"`x` must be a data set of shape \(n, 1\)"):
+        posterior.sample((1,), x=torch.ones(10, 2))
+    with pytest.raises(ValueError, match=r"`x` must be a data set of shape \(n, 1\)"):
+        posterior.sample((1,), x=torch.ones(0, 1))
+    with pytest.raises(ValueError, match=r"data sets of shape \(B, n, 1\)"):
+        posterior.sample_batched((1,), x=torch.ones(10, 1))
+    x = torch.ones(10, 1)
+    x[3] = float("nan")
+    with pytest.raises(ValueError, match="NaN or inf in 1 of 10 points"):
+        posterior.log_prob(torch.ones(1, 1), x=x)
+    with pytest.raises(ValueError, match="NaN or inf"):
+        posterior.set_default_x(x)
+    with pytest.raises(ValueError, match="set_default_x"):
+        posterior.map()
+
+
+def test_simulator_that_raises():
+    prior = BoxUniform(torch.zeros(1), torch.ones(1))
+
+    def simulator(theta):
+        raise RuntimeError("solver diverged")
+
+    inference = ALFI(prior, simulator, show_progress_bars=False, **BUDGET)
+    with pytest.raises(
+        ValueError, match=r"simulator raised RuntimeError .* solver diverged"
+    ):
+        inference.train(num_tasks=10, num_observations=5)
+
+
+def test_simulator_that_returns_nan():
+    prior = BoxUniform(torch.zeros(1), torch.ones(1))
+
+    def simulator(theta):
+        return torch.where(theta > 0.9, torch.nan, theta)
+
+    torch.manual_seed(0)
+    inference = ALFI(prior, simulator, show_progress_bars=False, **BUDGET)
+    with pytest.raises(
+        ValueError, match=r"NaN or inf in \d+ of 500 rows, e\.g\. at theta = \[0\.9"
+    ):
+        inference.train(num_tasks=100, num_observations=5)
+
+
+def test_bad_settings(poisson):
+    with pytest.raises(ValueError, match="`num_proposal_samples` must be at least 2"):
+        ALFI(poisson.prior, poisson, num_proposal_samples=1)
+    with pytest.raises(ValueError, match="`num_steps` must be at least 1"):
+        ALFI(poisson.prior, poisson, num_steps=0)
+    inference = ALFI(poisson.prior, poisson, show_progress_bars=False)
+    with pytest.raises(
+        ValueError, match=r"has not been trained: call `inference.train"
+    ):
+        inference.build_posterior()
+    with pytest.raises(ValueError, match="`validation_fraction` must lie in"):
+        inference.train(validation_fraction=1.0)
+    with pytest.raises(ValueError, match="num_tasks >= 2"):
+        inference.train(num_tasks=1)
+    with pytest.raises(ValueError, match=r"`embedding_net` must map a batch"):
+        ALFI(
+            poisson.prior,
+            poisson,
+            embedding_net=torch.nn.Flatten(0),
+            show_progress_bars=False,
+        ).train(num_tasks=10, num_observations=5)
