@@ -202,23 +202,37 @@ def test_save_load_samples_identically(trained, poisson, tmp_path):
         assert clone.sample((5,)).shape == (5, 1)
 
 
-def test_resume_continues_the_same_run(poisson, tmp_path):
+def test_resume_after_a_crash_continues_the_same_run(poisson, tmp_path):
     path = tmp_path / "alfi.ckpt"
-    straight = train(poisson, seed=3, num_tasks=96, max_num_epochs=3)
+    settings = {
+        **TRAINING,
+        "num_tasks": 96,
+        "max_num_epochs": 3,
+        "learning_rate_schedule": "cosine",
+    }
+    straight = train(poisson, seed=3, **settings)
+
+    class Crash(Exception):
+        pass
+
+    calls = 0
+
+    def crashing(theta):  # dies in the third epoch
+        nonlocal calls
+        calls += 1
+        if calls > 2 + 1 + 2 * 20 + 3:  # sbi's probes, the tasks, 2 epochs, 3 steps
+            raise Crash
+        return poisson(theta)
 
     torch.manual_seed(3)
-    first = ALFI(poisson.prior, poisson, show_progress_bars=False, **BUDGET)
-    first.train(
-        **{**TRAINING, "num_tasks": 96, "max_num_epochs": 2}, checkpoint_path=path
-    )
-    assert path.exists()
+    first = ALFI(poisson.prior, crashing, show_progress_bars=False, **BUDGET)
+    with pytest.raises(ValueError, match="raised Crash"):
+        first.train(**settings, checkpoint_path=path)
+    assert torch.load(path)["epoch"] == 2
+
     torch.manual_seed(999)  # whatever the seed now, the checkpoint's state is restored
     resumed = ALFI(poisson.prior, poisson, show_progress_bars=False, **BUDGET)
-    machine = resumed.train(
-        **{**TRAINING, "num_tasks": 96, "max_num_epochs": 3},
-        checkpoint_path=path,
-        resume=True,
-    )
+    machine = resumed.train(**settings, checkpoint_path=path, resume=True)
     assert resumed.summary["validation_loss"] == straight.summary["validation_loss"]
     expected = straight._machine.state_dict()
     for name, value in machine.state_dict().items():
@@ -350,6 +364,8 @@ def test_bad_settings(poisson):
         inference.build_posterior()
     with pytest.raises(ValueError, match="`validation_fraction` must lie in"):
         inference.train(validation_fraction=1.0)
+    with pytest.raises(ValueError, match="`learning_rate_schedule` must be"):
+        inference.train(learning_rate_schedule="linear")
     with pytest.raises(ValueError, match="num_tasks >= 2"):
         inference.train(num_tasks=1)
     with pytest.raises(ValueError, match=r"`embedding_net` must map a batch"):

@@ -3,11 +3,12 @@ r"""ALFI's inference class: meta-training of the recurrent machine."""
 from __future__ import annotations
 
 import copy
+import math
 import os
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from sbi.utils import mcmc_transform, process_prior
@@ -150,6 +151,7 @@ class ALFI:
         num_observations: int = 500,
         training_batch_size: int = 32,
         learning_rate: float = 1e-3,
+        learning_rate_schedule: Literal["constant", "cosine"] = "constant",
         max_num_epochs: int = 100,
         validation_fraction: float = 0.1,
         stop_after_epochs: int = 10,
@@ -170,6 +172,9 @@ class ALFI:
             num_observations: The size `n` of each task's data set.
             training_batch_size: The number of tasks per meta-batch.
             learning_rate: Adam's learning rate.
+            learning_rate_schedule: `"cosine"` anneals the learning rate to zero over
+                `max_num_epochs`, for precise final estimates when the budget is
+                known; `"constant"` keeps it.
             max_num_epochs: The maximum number of passes over the training tasks.
             validation_fraction: The share of tasks held out for validation.
             stop_after_epochs: The patience of early stopping.
@@ -188,6 +193,11 @@ class ALFI:
         self._check_training_arguments(
             training_batch_size, validation_fraction, max_num_epochs, stop_after_epochs
         )
+        if learning_rate_schedule not in ("constant", "cosine"):
+            raise ValueError(
+                "`learning_rate_schedule` must be 'constant' or 'cosine', got "
+                f"{learning_rate_schedule!r}."
+            )
         config = {
             "num_tasks": num_tasks,
             "num_observations": num_observations,
@@ -229,15 +239,23 @@ class ALFI:
         theta, x = state["theta"], state["x"]
         machine = self._build_machine(x)
         optimizer = torch.optim.Adam(machine.parameters(), lr=learning_rate)
+        num_batches = -(-len(state["training"]) // training_batch_size)
+        schedule = torch.optim.lr_scheduler.LambdaLR(
+            optimizer,
+            _Cosine(max_num_epochs * num_batches)
+            if learning_rate_schedule == "cosine"
+            else _constant,
+        )
         if "machine" in state:
             machine.load_state_dict(state["machine"])
             optimizer.load_state_dict(state["optimizer"])
+            schedule.load_state_dict(state["schedule"])
             torch.set_rng_state(state["rng"])
         else:
             machine.set_x_statistics(x[state["training"]].flatten(0, 1))
             state["best_machine"] = copy.deepcopy(machine.state_dict())
         if checkpoint_path is not None:
-            self._save_checkpoint(checkpoint_path, state, machine, optimizer)
+            self._save_checkpoint(checkpoint_path, state, machine, optimizer, schedule)
 
         weights = step_weights(num_training_steps).to(self._device)
         summary = state["summary"]
@@ -265,6 +283,7 @@ class ALFI:
                 if clip_max_norm is not None:
                     nn.utils.clip_grad_norm_(machine.parameters(), clip_max_norm)
                 optimizer.step()
+                schedule.step()
                 losses.append(loss.item())
 
             validation_loss, rmse = self._validate(
@@ -287,7 +306,9 @@ class ALFI:
                 val_rmse=f"{rmse:.4g}",
             )
             if checkpoint_path is not None:
-                self._save_checkpoint(checkpoint_path, state, machine, optimizer)
+                self._save_checkpoint(
+                    checkpoint_path, state, machine, optimizer, schedule
+                )
 
         machine.load_state_dict(state["best_machine"])
         self._machine = machine.eval()
@@ -391,9 +412,11 @@ class ALFI:
         state: dict[str, Any],
         machine: RecurrentMachine,
         optimizer: torch.optim.Optimizer,
+        schedule: torch.optim.lr_scheduler.LRScheduler,
     ) -> None:
         state["machine"] = machine.state_dict()
         state["optimizer"] = optimizer.state_dict()
+        state["schedule"] = schedule.state_dict()
         state["rng"] = torch.get_rng_state()
         path.parent.mkdir(parents=True, exist_ok=True)
         partial = path.with_name(path.name + ".partial")
@@ -444,3 +467,17 @@ class ALFI:
             processed_simulator=self._simulator,
             device=self._device,
         )
+
+
+def _constant(step: int) -> float:
+    return 1.0
+
+
+class _Cosine:
+    """A picklable cosine annealing factor of the step."""
+
+    def __init__(self, num_steps: int):
+        self.num_steps = num_steps
+
+    def __call__(self, step: int) -> float:
+        return 0.5 * (1 + math.cos(math.pi * min(step / self.num_steps, 1.0)))
