@@ -1,5 +1,6 @@
 r"""Figures a person would rather look at than numbers."""
 
 from .data import plot_data_fit, plot_identified_quantity
+from .trajectory import plot_trajectory
 
-__all__ = ["plot_data_fit", "plot_identified_quantity"]
+__all__ = ["plot_data_fit", "plot_identified_quantity", "plot_trajectory"]

@@ -113,12 +113,72 @@ class Weinberg(Simulator):
         return c.reshape(*theta.shape[:-1], 1)
 
     def _log_likelihood(self, theta: Tensor, x: Tensor) -> Tensor:
-        a = self.asymmetry(theta)
-        c = x[..., 0]
-        f = 1 + c**2 + a * c
-        inside = (c >= -1) & (c <= 1) & (f > 0)
-        log_f = torch.where(inside, f, torch.ones_like(f)).log()
-        return torch.where(inside, log_f - _normalizer(a).log(), -torch.inf)
+        return _log_density(self.asymmetry(theta), x[..., 0])
+
+    def asymmetry_range(self) -> tuple[float, float]:
+        r"""The smallest and largest :math:`A` over the prior's box (at corners:
+        :math:`A` is monotonic in :math:`E_b` and linear in :math:`G_F`)."""
+        low, high = self.prior.base_dist.low, self.prior.base_dist.high
+        corners = torch.cartesian_prod(*torch.stack([low, high], -1).cpu())
+        a = self.asymmetry(corners)
+        return a.min().item(), a.max().item()
+
+    def asymmetry_mle(
+        self, x: Tensor, num_grid: int = 2_001, num_refine: int = 40
+    ) -> Tensor:
+        r"""The maximum-likelihood estimate of the identified quantity :math:`A`
+        over the prior's range of :math:`A`, from i.i.d. data sets.
+
+        No closed form exists; the exact log-likelihood is maximized on a grid,
+        then by golden-section search around the best grid point, all data sets
+        at once.
+
+        Arguments:
+            x: Data sets of shape `(*, n, 1)`.
+            num_grid: The number of grid points over the range of :math:`A`.
+            num_refine: The number of golden-section iterations.
+
+        Returns:
+            The estimates, of shape `(*)`.
+        """
+        x = self.check_x(x)
+        if x.dim() < 2 or x.shape[-2] == 0:
+            raise ValueError(
+                f"`x` must be data sets of shape (*, n, 1), got {x.shape}."
+            )
+        c = x[..., 0].reshape(-1, x.shape[-2]).double()  # (B, n)
+        a_min, a_max = self.asymmetry_range()
+        grid = torch.linspace(a_min, a_max, num_grid, dtype=c.dtype, device=c.device)
+
+        def log_l(a: Tensor, c: Tensor) -> Tensor:  # (B, G), (B, n) -> (B, G)
+            return _log_density(a.unsqueeze(-1), c.unsqueeze(-2)).sum(-1)
+
+        chunk = max(1, 2**22 // (num_grid * c.shape[1]))  # bounds the memory
+        best = torch.cat(
+            [
+                log_l(grid.expand(len(part), -1), part).argmax(-1)
+                for part in c.split(chunk)
+            ]
+        )
+        step = grid[1] - grid[0]
+        low = (grid[best] - step).clamp(min=a_min)
+        high = (grid[best] + step).clamp(max=a_max)
+        ratio = (5**0.5 - 1) / 2
+        for _ in range(num_refine):
+            left, right = high - ratio * (high - low), low + ratio * (high - low)
+            values = log_l(torch.stack([left, right], -1), c)
+            keep_left = values[:, 0] > values[:, 1]
+            high = torch.where(keep_left, right, high)
+            low = torch.where(keep_left, low, left)
+        return ((low + high) / 2).to(x.dtype).reshape(x.shape[:-2])
+
+
+def _log_density(a: Tensor, c: Tensor) -> Tensor:
+    r"""The exact :math:`\log p(c \mid A)`, broadcast."""
+    f = 1 + c**2 + a * c
+    inside = (c >= -1) & (c <= 1) & (f > 0)
+    log_f = torch.where(inside, f, torch.ones_like(f)).log()
+    return torch.where(inside, log_f - _normalizer(a).log(), -torch.inf)
 
 
 def _support(a: Tensor) -> tuple[Tensor, Tensor]:

@@ -1,0 +1,258 @@
+"""ALFI on the paper's problems, next to the exact maximum-likelihood estimate.
+
+    python benchmarks/alfi_paper.py poisson    # box plot of squared errors, table
+    python benchmarks/alfi_paper.py weinberg   # histograms of x_o, RMSE of A
+    python benchmarks/alfi_paper.py gaussian   # errors of (mu, sigma)
+
+Each run meta-trains ALFI once (its time and throughput are measured), infers on
+held-out data sets (latency per data set, simulator time excluded) and writes a
+Markdown table and figures to benchmarks/results/alfi/.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+
+import matplotlib.pyplot as plt
+import torch
+
+from sbi_alfi import ALFI
+from sbi_alfi.plots import plot_data_fit
+from sbi_alfi.simulators import Gaussian, Poisson, Simulator, Weinberg
+
+RESULTS = Path(__file__).parent / "results" / "alfi"
+
+
+@dataclass
+class Setting:
+    num_steps: int
+    num_proposal_samples: int
+    num_simulations_per_sample: int
+    num_tasks: int
+    max_num_epochs: int
+    training_batch_size: int
+    num_observations: int = 500
+    test_proposal_samples: int | None = None
+    learning_rate: float = 1e-3
+
+
+SETTINGS = {
+    "poisson": Setting(15, 20, 20, 3_000, 8, 32),
+    "weinberg": Setting(15, 8, 64, 2_000, 8, 16),
+    "gaussian": Setting(15, 20, 20, 2_000, 8, 32),
+}
+SIMULATORS = {"poisson": Poisson, "weinberg": Weinberg, "gaussian": Gaussian}
+
+
+class TimedSimulator:
+    """Measures the time spent inside the simulator, to subtract it."""
+
+    def __init__(self, simulator: Simulator):
+        self.simulator = simulator
+        self.seconds = 0.0
+
+    def __call__(self, theta):
+        start = time.perf_counter()
+        x = self.simulator(theta)
+        self.seconds += time.perf_counter() - start
+        return x
+
+
+def run(problem: str, setting: Setting, num_test: int, seed: int) -> dict:
+    torch.manual_seed(seed)
+    sim = SIMULATORS[problem]()
+    timed = TimedSimulator(sim)
+    inference = ALFI(
+        sim.prior,
+        timed,
+        num_steps=setting.num_steps,
+        num_proposal_samples=setting.num_proposal_samples,
+        num_simulations_per_sample=setting.num_simulations_per_sample,
+    )
+    start = time.perf_counter()
+    inference.train(
+        num_tasks=setting.num_tasks,
+        num_observations=setting.num_observations,
+        training_batch_size=setting.training_batch_size,
+        learning_rate=setting.learning_rate,
+        learning_rate_schedule="cosine",
+        max_num_epochs=setting.max_num_epochs,
+        stop_after_epochs=setting.max_num_epochs,
+    )
+    training_seconds = time.perf_counter() - start
+    summary = inference.summary
+    num_training_tasks = setting.num_tasks - max(1, int(0.1 * setting.num_tasks))
+    epochs = len(summary["training_loss"])
+
+    posterior = inference.build_posterior(
+        num_proposal_samples=setting.test_proposal_samples
+    )
+    theta = sim.prior.sample((num_test,))
+    x = sim(theta.unsqueeze(1).expand(-1, setting.num_observations, -1))
+    timed.seconds = 0.0
+    start = time.perf_counter()
+    samples = posterior.sample_batched((1_000,), x)  # (1000, num_test, D)
+    inference_seconds = time.perf_counter() - start - timed.seconds
+    return {
+        "sim": sim,
+        "posterior": posterior,
+        "theta": theta,
+        "x": x,
+        "samples": samples,
+        "timing": {
+            "training_seconds": training_seconds,
+            "epochs": epochs,
+            "tasks_per_second": num_training_tasks
+            * epochs
+            / sum(summary["epoch_durations_sec"]),
+            "latency_ms": 1e3 * inference_seconds / num_test,
+            "simulations_per_inference": setting.num_steps
+            * (setting.test_proposal_samples or setting.num_proposal_samples)
+            * setting.num_simulations_per_sample,
+        },
+        "summary": summary,
+    }
+
+
+def boxplot(errors: dict[str, torch.Tensor], title: str, ylabel: str, path: Path):
+    fig, ax = plt.subplots(figsize=(5, 4))
+    ax.boxplot([e.numpy() for e in errors.values()], tick_labels=list(errors))
+    ax.set_yscale("log")
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def error_rows(errors: dict[str, torch.Tensor]) -> list[str]:
+    rows = ["| estimator | median SE | mean SE | RMSE |", "| --- | --- | --- | --- |"]
+    for name, se in errors.items():
+        rows.append(
+            f"| {name} | {se.median():.3g} | {se.mean():.3g} | {se.mean().sqrt():.3g} |"
+        )
+    return rows
+
+
+def timing_rows(timing: dict, setting: Setting) -> list[str]:
+    return [
+        f"- meta-training: {timing['training_seconds']:.0f} s for "
+        f"{timing['epochs']} epochs of {setting.num_tasks} tasks (90 % for training), "
+        f"{timing['tasks_per_second']:.0f} tasks/s "
+        f"(T = {setting.num_steps}, M = {setting.num_proposal_samples}, "
+        f"K = {setting.num_simulations_per_sample}, n = {setting.num_observations})",
+        f"- inference: {timing['latency_ms']:.1f} ms per data set, simulator excluded "
+        f"(batched over the held-out sets), {timing['simulations_per_inference']} "
+        "simulations per data set",
+    ]
+
+
+def poisson(result: dict, setting: Setting, output: Path) -> list[str]:
+    sim, theta, x, samples = (result[k] for k in ("sim", "theta", "x", "samples"))
+    errors = {
+        "ALFI, E_q[θ]": (samples.mean(0) - theta).square()[:, 0],
+        "exact MLE": (sim.mle(x) - theta).square()[:, 0],
+    }
+    boxplot(errors, "Poisson, n = 500", "squared error of θ", output / "poisson.png")
+    ratio = errors["ALFI, E_q[θ]"].median() / errors["exact MLE"].median()
+    return [
+        *error_rows(errors),
+        "",
+        f"ALFI's median squared error is {ratio:.2f} × the MLE's (target: 1.1 ×).",
+        "",
+        "![box plot](poisson.png)",
+    ]
+
+
+def weinberg(result: dict, setting: Setting, output: Path) -> list[str]:
+    sim, theta, x, samples = (result[k] for k in ("sim", "theta", "x", "samples"))
+    a = Weinberg.asymmetry(theta)
+    errors = {
+        "ALFI, E_q[A]": (Weinberg.asymmetry(samples).mean(0) - a).square(),
+        "exact MLE of A": (sim.asymmetry_mle(x) - a).square(),
+    }
+    boxplot(
+        errors, "Weinberg, n = 500", "squared error of A", output / "weinberg_a.png"
+    )
+    picks = [int(i) for i in a.argsort()[torch.tensor([0, len(a) // 2, len(a) - 1])]]
+    fig, axes = plt.subplots(1, len(picks), figsize=(15, 3.8))
+    for ax, i in zip(axes, picks, strict=True):
+        estimate = result["posterior"].map(x=x[i])
+        plot_data_fit(sim, estimate, x_o=x[i], ax=ax, label="simulated at ALFI's θ")
+        ax.set_title(
+            f"A* = {a[i]:+.2f}, ALFI's A = {Weinberg.asymmetry(estimate):+.2f}"
+        )
+    fig.tight_layout()
+    fig.savefig(output / "weinberg.png", dpi=120)
+    plt.close(fig)
+    rmse = {k: v.mean().sqrt() for k, v in errors.items()}
+    ratio = rmse["ALFI, E_q[A]"] / rmse["exact MLE of A"]
+    return [
+        *error_rows(errors),
+        "",
+        f"ALFI's RMSE of A is {ratio:.2f} × the MLE's (target: 1.2 ×).",
+        "",
+        "![histograms](weinberg.png)",
+        "",
+        "![box plot](weinberg_a.png)",
+    ]
+
+
+def gaussian(result: dict, setting: Setting, output: Path) -> list[str]:
+    sim, theta, x, samples = (result[k] for k in ("sim", "theta", "x", "samples"))
+    mle, alfi = sim.mle(x), samples.mean(0)
+    errors = {}
+    for d, name in enumerate(sim.names):
+        errors[f"ALFI, E_q[{name}]"] = (alfi - theta).square()[:, d]
+        errors[f"exact MLE of {name}"] = (mle - theta).square()[:, d]
+    boxplot(errors, "Gaussian, n = 500", "squared error", output / "gaussian.png")
+    return [*error_rows(errors), "", "![box plot](gaussian.png)"]
+
+
+REPORTS = {"poisson": poisson, "weinberg": weinberg, "gaussian": gaussian}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("problem", choices=list(SETTINGS))
+    parser.add_argument("--num-test", type=int, default=200)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--output", type=Path, default=RESULTS)
+    args = parser.parse_args()
+
+    setting = SETTINGS[args.problem]
+    args.output.mkdir(parents=True, exist_ok=True)
+    result = run(args.problem, setting, args.num_test, args.seed)
+    lines = [
+        f"# ALFI on {args.problem.capitalize()}",
+        "",
+        f"`python benchmarks/alfi_paper.py {args.problem}` (seed {args.seed}), on "
+        f"{platform.machine()} with {torch.get_num_threads()} threads, "
+        f"torch {torch.__version__}; {args.num_test} held-out θ* from the prior, "
+        f"n = {setting.num_observations} points each.",
+        "",
+        *timing_rows(result["timing"], setting),
+        "",
+        *REPORTS[args.problem](result, setting, args.output),
+        "",
+        "Validation RMSE per epoch: "
+        + ", ".join(f"{v:.3g}" for v in result["summary"]["validation_rmse"]),
+    ]
+    (args.output / f"{args.problem}.md").write_text("\n".join(lines) + "\n")
+    (args.output / f"{args.problem}.json").write_text(
+        json.dumps({"setting": asdict(setting), **result["timing"]}, indent=2) + "\n"
+    )
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
