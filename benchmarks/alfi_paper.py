@@ -227,6 +227,9 @@ def main() -> None:
     parser.add_argument("--num-test", type=int, default=200)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--output", type=Path, default=RESULTS)
+    parser.add_argument(
+        "--save-posterior", type=Path, help="also torch.save the posterior there"
+    )
     args = parser.parse_args()
 
     setting = SETTINGS[args.problem]
@@ -247,6 +250,8 @@ def main() -> None:
         "Validation RMSE per epoch: "
         + ", ".join(f"{v:.3g}" for v in result["summary"]["validation_rmse"]),
     ]
+    if args.save_posterior is not None:
+        torch.save(result["posterior"], args.save_posterior)
     (args.output / f"{args.problem}.md").write_text("\n".join(lines) + "\n")
     (args.output / f"{args.problem}.json").write_text(
         json.dumps({"setting": asdict(setting), **result["timing"]}, indent=2) + "\n"

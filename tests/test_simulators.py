@@ -327,3 +327,28 @@ def test_mle_recovers_theta_on_large_data(cls):
     estimate = sim.mle(x)
     assert estimate.shape == theta.shape
     assert torch.allclose(estimate, theta, atol=0.05)
+
+
+def test_weinberg_asymmetry_mle_maximizes_the_exact_likelihood():
+    sim = Weinberg()
+    torch.manual_seed(0)
+    theta = sim.prior.sample((6,)).double()
+    theta[0] = torch.tensor([50.0, 1.5])  # A = 2.41, the edge of the prior's range
+    theta[1] = torch.tensor([49.0, 1.4])  # |A| > 2, inside the range
+    x = sim(theta.unsqueeze(1).expand(-1, 300, -1))
+    a_hat = sim.asymmetry_mle(x)
+    assert a_hat.shape == (6,)
+
+    def log_l(a):  # the likelihood through a parameter with A(theta) = a
+        slope = 2 * np.tanh(10 * (2 * 50.0 - 90) / 90)
+        theta_a = torch.stack([torch.full_like(a, 50.0), a / slope], -1)
+        return sim.log_likelihood(theta_a.unsqueeze(-2), x).sum(-1)
+
+    a_min, a_max = sim.asymmetry_range()
+    for delta in (-1e-3, 1e-3):
+        moved = (a_hat + delta).clamp(a_min, a_max)
+        assert (log_l(moved) <= log_l(a_hat)).all()
+    large = sim(theta[:3].unsqueeze(1).expand(-1, 20_000, -1))
+    assert torch.allclose(
+        sim.asymmetry_mle(large), Weinberg.asymmetry(theta[:3]), atol=0.03
+    )

@@ -12,6 +12,7 @@ TUTORIALS = sorted((Path(__file__).parents[1] / "tutorials").glob("*.ipynb"))
 @pytest.mark.parametrize("path", TUTORIALS, ids=lambda path: path.name)
 def test_tutorial_runs(path, tmp_path, monkeypatch):
     monkeypatch.setenv("MPLBACKEND", "Agg")
+    monkeypatch.setenv("SBI_ALFI_TUTORIAL_BUDGET", "small")
     notebook = nbformat.read(path, as_version=4)
     client = NotebookClient(
         notebook,

@@ -354,7 +354,7 @@ class ALFI:
         self, machine: RecurrentMachine, theta: Tensor, x: Tensor, num_steps: int
     ) -> Tensor:
         r"""The losses :math:`-\log q(t(\theta^*) \mid \psi_t)` of a meta-batch, of
-        shape `(T, B)`, for :math:`t = 1 \dots T`."""
+        shape `(T + 1, B)`, for :math:`t = 0 \dots T`."""
         mu_0 = self._theta_transform(self._prior.sample((len(theta),)).to(self._device))
         psi = unroll(
             machine,
@@ -367,7 +367,7 @@ class ALFI:
             self.num_simulations_per_sample,
         )
         z_star = self._theta_transform(theta).clamp(-Z_MAX, Z_MAX)
-        return gaussian_nll(psi[1:], z_star)
+        return gaussian_nll(psi, z_star)
 
     def _validate(
         self,
@@ -394,12 +394,12 @@ class ALFI:
                     self._simulate,
                     mu_0.clamp(-Z_MAX, Z_MAX),
                     self.initial_scale,
-                    len(weights),
+                    len(weights) - 1,
                     self.num_proposal_samples,
                     self.num_simulations_per_sample,
                 )
                 z_star = self._theta_transform(theta[batch]).clamp(-Z_MAX, Z_MAX)
-                nll = gaussian_nll(psi[1:], z_star)
+                nll = gaussian_nll(psi, z_star)
                 losses.append((weights[:, None] * nll).sum(0))
                 estimate = self._theta_transform.inv(psi[-1].chunk(2, -1)[0])
                 squared_errors.append((estimate - theta[batch]).square())

@@ -66,10 +66,10 @@ class RecurrentMachine(nn.Module):
         >>> import torch
         >>> from sbi_alfi.alfi.network import RecurrentMachine
         >>> machine = RecurrentMachine(theta_dim=2, x_shape=torch.Size([1]))
-        >>> psi, h = machine.initial_state(torch.zeros(4, 2), sigma=0.1)
+        >>> e_o = machine.embed(torch.randn(4, 500, 1)).mean(-2)
+        >>> psi, h = machine.initial_state(e_o, torch.zeros(4, 2), sigma=0.1)
         >>> z = torch.randn(4, 20, 2)
         >>> e = machine.embed(torch.randn(4, 20, 10, 1)).mean(-2)
-        >>> e_o = machine.embed(torch.randn(4, 500, 1)).mean(-2)
         >>> psi, h = machine.step(psi, h, e_o, z, e)
         >>> psi.shape
         torch.Size([4, 4])
@@ -86,6 +86,7 @@ class RecurrentMachine(nn.Module):
         rim_features: int = 30,
         recurrent_features: int = 40,
         step_bound: float = 1.0,
+        learned_initial: bool = False,
     ):
         super().__init__()
         self.theta_dim = theta_dim
@@ -122,6 +123,9 @@ class RecurrentMachine(nn.Module):
         self.rim_in = mlp([sample_features[-1] + 2 * d, rim_features], final=nn.ReLU())
         self.gru = nn.GRUCell(rim_features, recurrent_features)
         self.rim_out = mlp([recurrent_features, rim_features, 2 * d])
+        self.initial_net = (
+            mlp([features, rim_features, 2 * d]) if learned_initial else None
+        )
 
     def set_x_statistics(self, x: Tensor) -> None:
         r"""Sets the z-scoring of the data from simulations `x` of shape
@@ -135,10 +139,17 @@ class RecurrentMachine(nn.Module):
         x = (x - self.x_mean) / self.x_std
         return self.embedding_net(x.reshape(-1, *self.x_shape)).reshape(*batch, -1)
 
-    def initial_state(self, mu: Tensor, sigma: float) -> tuple[Tensor, Tensor]:
-        r"""The proposal :math:`\psi_0 = (\mu, \log \sigma)` and the GRU state
-        :math:`h_0 = 0` for proposal means `mu` of shape `(B, D)`."""
+    def initial_state(
+        self, e_o: Tensor, mu: Tensor, sigma: float
+    ) -> tuple[Tensor, Tensor]:
+        r"""The first proposal :math:`\psi_0 = (\mu, \log \sigma)` and the GRU state
+        :math:`h_0 = 0`. With a learned initial proposal, :math:`\psi_0` is read
+        from the observed data's embedding `e_o` (shape `(B, F)`) instead, with
+        `sigma` as the scale's offset, and `mu` (shape `(B, D)`) is ignored."""
         log_sigma = torch.full_like(mu, math.log(sigma))
+        if self.initial_net is not None:
+            mu, offset = self.initial_net(e_o).chunk(2, dim=-1)
+            log_sigma = log_sigma + offset
         h = mu.new_zeros(len(mu), self.gru.hidden_size)
         return torch.cat([mu, log_sigma], -1), h
 
@@ -206,7 +217,7 @@ def unroll(
         The proposals :math:`\psi_0, \dots, \psi_T`, of shape `(T + 1, B, 2D)`.
     """
     e_o = machine.embed(x_o).mean(1)
-    psi, h = machine.initial_state(mu_0, sigma_0)
+    psi, h = machine.initial_state(e_o, mu_0, sigma_0)
     batch, d = mu_0.shape
     trajectory = [psi]
     for _ in range(num_steps):
@@ -229,10 +240,13 @@ def gaussian_nll(psi: Tensor, z: Tensor) -> Tensor:
 
 
 def step_weights(num_steps: int) -> Tensor:
-    r"""The weights :math:`w_t \propto e^{3 s_t} - 1`, :math:`s_t` evenly spaced in
-    :math:`[0, 1]`, of the proposals :math:`\psi_1 \dots \psi_T` in the loss: late
-    steps count most, the first not at all (one step alone weighs 1)."""
+    r"""The weights of the proposals :math:`\psi_0 \dots \psi_T` in the loss:
+    :math:`w_0 = 0` and :math:`w_t \propto e^{3 s_t} - 1` for :math:`t \ge 1`,
+    :math:`s_t` evenly spaced in :math:`[0, 1]`, normalized to sum to 1, so late
+    steps count most and :math:`\psi_1` not at all (one step alone weighs 1)."""
     if num_steps == 1:
-        return torch.ones(1)
-    weights = torch.linspace(0, 1, num_steps).mul(3).exp() - 1
-    return weights / weights.sum()
+        weights = torch.ones(1)
+    else:
+        weights = torch.linspace(0, 1, num_steps).mul(3).exp() - 1
+        weights = weights / weights.sum()
+    return torch.cat([torch.zeros(1), weights])
