@@ -259,7 +259,12 @@ def test_the_simulator_never_sees_theta_outside_a_bounded_prior():
     recorder = Recorder(sim)  # Gaussian raises on theta outside its prior, too
     torch.manual_seed(0)
     inference = ALFI(
-        sim.prior, recorder, initial_scale=3.0, show_progress_bars=False, **BUDGET
+        sim.prior,
+        recorder,
+        initial_scale=3.0,
+        initial_proposal="prior",  # the paper's: mu_0 from the prior
+        show_progress_bars=False,
+        **BUDGET,
     )
     inference.train(num_tasks=64, num_observations=20, max_num_epochs=2)
     posterior = inference.build_posterior()
@@ -355,6 +360,8 @@ def test_simulator_that_returns_nan():
 def test_bad_settings(poisson):
     with pytest.raises(ValueError, match="`num_proposal_samples` must be at least 2"):
         ALFI(poisson.prior, poisson, num_proposal_samples=1)
+    with pytest.raises(ValueError, match="`initial_proposal` must be"):
+        ALFI(poisson.prior, poisson, initial_proposal="zero")
     with pytest.raises(ValueError, match="`num_steps` must be at least 1"):
         ALFI(poisson.prior, poisson, num_steps=0)
     inference = ALFI(poisson.prior, poisson, show_progress_bars=False)

@@ -63,7 +63,13 @@ class ALFI:
         embedding_net: A point encoder `(N, *x_shape) -> (N, F)` that replaces the
             default MLP, e.g. one of `sbi.neural_nets.embedding_nets`.
         initial_scale: The scale :math:`\sigma_0` of the first proposal, in the
-            standardized space; its mean :math:`\mu_0` is drawn from the prior.
+            standardized space.
+        initial_proposal: Where :math:`\psi_0` comes from. `"prior"` is the
+            paper's: :math:`\mu_0` drawn from the prior, :math:`\sigma_0` =
+            `initial_scale`. `"learned"` (the default) reads :math:`\psi_0` from the
+            embedding of :math:`x_o` with a small network trained with the rest;
+            at equal budget it reached a 4x-50x lower median error on Poisson
+            (`benchmarks/`), since no steps are spent travelling from a random start.
         machine_kwargs: Further arguments of :class:`RecurrentMachine` (widths,
             `step_bound`).
         device: The training device, as in `sbi`.
@@ -91,11 +97,17 @@ class ALFI:
         num_simulations_per_sample: int = 20,
         embedding_net: nn.Module | None = None,
         initial_scale: float = 0.5,
+        initial_proposal: Literal["learned", "prior"] = "learned",
         machine_kwargs: dict[str, Any] | None = None,
         device: str | torch.device = "cpu",
         show_progress_bars: bool = True,
     ):
         check_budget(num_steps, num_proposal_samples, num_simulations_per_sample)
+        if initial_proposal not in ("learned", "prior"):
+            raise ValueError(
+                "`initial_proposal` must be 'learned' or 'prior', got "
+                f"{initial_proposal!r}."
+            )
         if initial_scale <= 0:
             raise ValueError(f"`initial_scale` must be positive, got {initial_scale}.")
         self._device = torch.device(device)
@@ -110,7 +122,10 @@ class ALFI:
         self.num_simulations_per_sample = num_simulations_per_sample
         self.initial_scale = initial_scale
         self._embedding_net = embedding_net
-        self._machine_kwargs = dict(machine_kwargs or {})
+        self._machine_kwargs = {
+            "learned_initial": initial_proposal == "learned",
+            **(machine_kwargs or {}),
+        }
         self._show_progress_bars = show_progress_bars
         self._machine: RecurrentMachine | None = None
         self._summary: dict[str, list[float]] = {}

@@ -61,6 +61,8 @@ class RecurrentMachine(nn.Module):
         rim_features: The width of the networks :math:`\rho` and :math:`\eta`.
         recurrent_features: The width of the GRU state.
         step_bound: The bound :math:`b` on each coordinate of :math:`\Delta\psi`.
+        learned_initial: Whether :math:`\psi_0` is read from :math:`e_o` by a
+            small network (see :meth:`initial_state`) rather than given.
 
     Example:
         >>> import torch
