@@ -14,6 +14,9 @@ __all__ = ["RecurrentMachine", "gaussian_nll", "step_weights", "unroll"]
 # Bounds of log(sigma) in the standardized space: the proposal never collapses to
 # a point (NaN scores) nor spreads far beyond the prior (which has unit scale there).
 LOG_SIGMA_MIN, LOG_SIGMA_MAX = math.log(1e-4), math.log(3.0)
+# Quantiles of the meta-training data kept for the rank features, and the number
+# of points they are computed from.
+NUM_QUANTILES, MAX_QUANTILE_POINTS = 1_001, 1_000_000
 
 
 def mlp(sizes: list[int], final: nn.Module | None = None) -> nn.Sequential:
@@ -52,8 +55,10 @@ class RecurrentMachine(nn.Module):
     Arguments:
         theta_dim: The number :math:`D` of parameters.
         x_shape: The shape of one observation.
-        embedding_net: A point encoder mapping `(N, *x_shape)` to `(N, F)`; by
-            default an MLP with `hidden_features` and `embedding_features` (tanh out).
+        embedding_net: A point encoder mapping z-scored `(N, *x_shape)` to
+            `(N, F)`; by default an MLP with `hidden_features` and
+            `embedding_features` (tanh out) over the z-scores and the ranks of the
+            values among the meta-training data.
         hidden_features: The hidden width of the default point encoder.
         embedding_features: The output width :math:`F` of the default encoder.
         sample_features: The hidden and output widths of the per-sample network
@@ -96,29 +101,30 @@ class RecurrentMachine(nn.Module):
         self.step_bound = step_bound
         self.register_buffer("x_mean", torch.zeros(self.x_shape))
         self.register_buffer("x_std", torch.ones(self.x_shape))
+        numel = self.x_shape.numel()
 
-        if embedding_net is None:
-            embedding_net = nn.Sequential(
-                nn.Flatten(),
-                mlp(
-                    [
-                        self.x_shape.numel(),
-                        hidden_features,
-                        hidden_features,
-                        embedding_features,
-                    ],
-                    final=nn.Tanh(),
-                ),
+        # The default encoder also reads each value's rank among the meta-training
+        # data: z-scores alone have no resolution where data span orders of
+        # magnitude (Poisson counts of 1 and 2 next to counts of 1000).
+        self.rank_features = embedding_net is None
+        if self.rank_features:
+            self.register_buffer("x_quantiles", torch.zeros(NUM_QUANTILES, numel))
+            embedding_net = mlp(
+                [2 * numel, hidden_features, hidden_features, embedding_features],
+                final=nn.Tanh(),
             )
+            features = embedding_features
+        else:
+            self.register_buffer("x_quantiles", None)
+            with torch.no_grad():
+                probe = embedding_net(torch.zeros(2, *self.x_shape))
+            if probe.dim() != 2 or len(probe) != 2:
+                raise ValueError(
+                    "`embedding_net` must map a batch (N, *x_shape) to features "
+                    f"(N, F), got {tuple(probe.shape)} for N = 2."
+                )
+            features = probe.shape[1]
         self.embedding_net = embedding_net
-        with torch.no_grad():
-            probe = embedding_net(torch.zeros(2, *self.x_shape))
-        if probe.dim() != 2 or len(probe) != 2:
-            raise ValueError(
-                "`embedding_net` must map a batch (N, *x_shape) to features (N, F), "
-                f"got {tuple(probe.shape)} for N = 2."
-            )
-        features = probe.shape[1]
 
         d = theta_dim
         self.sample_net = mlp([3 * features + 3 * d, *sample_features], final=nn.Tanh())
@@ -130,16 +136,33 @@ class RecurrentMachine(nn.Module):
         )
 
     def set_x_statistics(self, x: Tensor) -> None:
-        r"""Sets the z-scoring of the data from simulations `x` of shape
-        `(N, *x_shape)`."""
+        r"""Sets the z-scoring (and the quantiles, for ranks) of the data from
+        simulations `x` of shape `(N, *x_shape)`."""
         self.x_mean.copy_(x.mean(0))
         self.x_std.copy_(x.std(0).clamp(min=1e-8))
+        if self.rank_features:
+            flat = x.reshape(len(x), -1)
+            if len(flat) > MAX_QUANTILE_POINTS:  # torch.quantile's input limit
+                flat = flat[torch.randperm(len(flat))[:MAX_QUANTILE_POINTS]]
+            levels = torch.linspace(0, 1, NUM_QUANTILES, dtype=flat.dtype)
+            self.x_quantiles.copy_(torch.quantile(flat, levels.to(flat), dim=0))
 
     def embed(self, x: Tensor) -> Tensor:
         r"""Embeds points `x` of shape `(*, *x_shape)` into features `(*, F)`."""
         batch = x.shape[: x.dim() - len(self.x_shape)]
-        x = (x - self.x_mean) / self.x_std
-        return self.embedding_net(x.reshape(-1, *self.x_shape)).reshape(*batch, -1)
+        x = x.reshape(-1, *self.x_shape)
+        z = (x - self.x_mean) / self.x_std
+        if not self.rank_features:
+            return self.embedding_net(z).reshape(*batch, -1)
+        # Mid-ranks among the quantiles, in [-1/2, 1/2]: ties (discrete data)
+        # share one value.
+        values = x.reshape(len(x), -1).T.contiguous()
+        quantiles = self.x_quantiles.T.contiguous()
+        below = torch.searchsorted(quantiles, values)
+        above = torch.searchsorted(quantiles, values, right=True)
+        ranks = (below + above).T.to(z.dtype) / (2 * NUM_QUANTILES) - 0.5
+        inputs = torch.cat([z.reshape(len(x), -1), ranks], -1)
+        return self.embedding_net(inputs).reshape(*batch, -1)
 
     def initial_state(
         self, e_o: Tensor, mu: Tensor, sigma: float
