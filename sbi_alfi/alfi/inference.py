@@ -370,8 +370,15 @@ class ALFI:
     ) -> Tensor:
         r"""The losses :math:`-\log q(t(\theta^*) \mid \psi_t)` of a meta-batch, of
         shape `(T + 1, B)`, for :math:`t = 0 \dots T`."""
-        mu_0 = self._theta_transform(self._prior.sample((len(theta),)).to(self._device))
-        psi = unroll(
+        psi = self._unroll(machine, x, num_steps)
+        z_star = self._theta_transform(theta).clamp(-Z_MAX, Z_MAX)
+        return gaussian_nll(psi, z_star)
+
+    def _unroll(self, machine: RecurrentMachine, x: Tensor, num_steps: int) -> Tensor:
+        r"""The proposals :math:`\psi_0 \dots \psi_T` for data sets `x`, from
+        :math:`\mu_0` drawn from the prior (unused by a learned first proposal)."""
+        mu_0 = self._theta_transform(self._prior.sample((len(x),)).to(self._device))
+        return unroll(
             machine,
             x,
             self._simulate,
@@ -381,8 +388,6 @@ class ALFI:
             self.num_proposal_samples,
             self.num_simulations_per_sample,
         )
-        z_star = self._theta_transform(theta).clamp(-Z_MAX, Z_MAX)
-        return gaussian_nll(psi, z_star)
 
     def _validate(
         self,
@@ -400,19 +405,7 @@ class ALFI:
         with torch.no_grad(), torch.random.fork_rng(devices=[]):
             torch.manual_seed(VALIDATION_SEED)
             for batch in indices.split(4 * batch_size):
-                mu_0 = self._theta_transform(
-                    self._prior.sample((len(batch),)).to(self._device)
-                )
-                psi = unroll(
-                    machine,
-                    x[batch],
-                    self._simulate,
-                    mu_0.clamp(-Z_MAX, Z_MAX),
-                    self.initial_scale,
-                    len(weights) - 1,
-                    self.num_proposal_samples,
-                    self.num_simulations_per_sample,
-                )
+                psi = self._unroll(machine, x[batch], len(weights) - 1)
                 z_star = self._theta_transform(theta[batch]).clamp(-Z_MAX, Z_MAX)
                 nll = gaussian_nll(psi, z_star)
                 losses.append((weights[:, None] * nll).sum(0))
