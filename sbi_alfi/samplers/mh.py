@@ -58,7 +58,8 @@ class VectorizedMH(MCMCKernel):
 
     With the default random-walk proposal :math:`\theta' = \theta + s_c L
     \epsilon`, the warmup tunes each chain's scale :math:`s_c` by dual averaging
-    towards `target_accept` and the shared :math:`L` to the Cholesky factor of the
+    towards `target_accept` (the chains then share the geometric mean of the
+    tuned scales) and the shared :math:`L` to the Cholesky factor of the
     covariance pooled over all chains. With a `proposal` distribution :math:`q`
     (e.g. an ALFI posterior's Gaussian, in the same space), the kernel is an
     independence sampler and nothing is tuned.
@@ -166,7 +167,11 @@ class VectorizedMH(MCMCKernel):
                 self.scale.new_full(self.scale.shape, initial_scale(len(cov)))
             )
         if t == self._warmup_steps:
-            self.scale = self.adaptation.final()
+            # The chains share the final scale (the geometric mean of theirs): one
+            # chain's estimate, from a few hundred accept/reject decisions, is noisy.
+            self.scale = (
+                self.adaptation.final().log().mean().exp().expand_as(self.scale)
+            )
 
     def logging(self) -> dict[str, float]:
         return {

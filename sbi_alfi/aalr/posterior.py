@@ -1,0 +1,358 @@
+r"""MCMC on an amortized likelihood-to-evidence ratio."""
+
+from __future__ import annotations
+
+import math
+import warnings
+from collections.abc import Callable
+from typing import Any, Literal
+
+import torch
+from pyro.infer import HMC, MCMC, NUTS
+from pyro.ops.stats import effective_sample_size, split_gelman_rubin
+from sbi.inference.posteriors.base_posterior import NeuralPosterior
+from sbi.inference.potentials.ratio_based_potential import RatioBasedPotential
+from sbi.sbi_types import Shape
+from sbi.utils import mcmc_transform, process_prior
+from torch import Tensor, nn
+from torch.distributions import Distribution
+
+from ..samplers import VectorizedHMC, VectorizedMH
+
+__all__ = ["METHODS", "RatioMCMCPosterior"]
+
+Method = Literal["hmc_vectorized", "mh_vectorized", "hmc_pyro", "nuts_pyro"]
+METHODS = ("hmc_vectorized", "mh_vectorized", "hmc_pyro", "nuts_pyro")
+InitStrategy = Literal["resample", "prior"]
+
+
+class RatioMCMCPosterior(NeuralPosterior):
+    r"""The posterior of an amortized likelihood-to-evidence ratio estimator
+    :math:`\hat r(x \mid \theta) \approx p(x \mid \theta) / p(x)`, sampled by MCMC.
+
+    For :math:`n` i.i.d. observations :math:`x_1 \dots x_n`,
+
+    .. math:: \log p(\theta \mid x) = \sum_i \log \hat r(x_i \mid \theta)
+        + \log p(\theta) + \text{const},
+
+    sampled in the unconstrained space :math:`z = t(\theta)` of
+    `sbi.utils.mcmc_transform`, with the log-Jacobian of :math:`t^{-1}` added, so
+    no proposal falls outside the prior's support. The evidence cancels in every
+    acceptance ratio (Hermans et al., 2020).
+
+    Methods: `"hmc_vectorized"` (default) and `"mh_vectorized"` step all chains as
+    one batch (:mod:`sbi_alfi.samplers`); `"hmc_pyro"` and `"nuts_pyro"` run Pyro's
+    own kernels chain after chain, with their options exposed. After a run,
+    `chains` holds the draws with their chain dimension and `diagnostics` the
+    split R-hat and bulk ESS per parameter and the kernels' statistics per chain;
+    a run with R-hat above 1.01, fewer effective draws than asked for, or
+    divergences warns.
+
+    References:
+        | Likelihood-free MCMC with Amortized Approximate Ratio Estimators
+        | (Hermans et al., 2020) https://arxiv.org/abs/1903.04057
+
+    Arguments:
+        estimator: Any `sbi` ratio estimator (NRE_A, NRE_B, NRE_C, BNRE), or any
+            module mapping `(theta, x)` batches to log-ratios `(B,)` or `(B, 1)`.
+        prior: The prior.
+        method: The sampler, one of `METHODS`.
+        num_chains: The number of chains.
+        warmup_steps: The warmup (adaptation) steps of every chain.
+        thin: Keep one draw in `thin`.
+        init_strategy: `"resample"` (importance resampling of prior draws by the
+            ratio, one batch for all chains), `"prior"`, or a distribution over
+            :math:`\theta`.
+        num_init_candidates: The number of prior draws to resample from.
+        kernel_kwargs: Options of the kernel: for `"hmc_vectorized"` those of
+            :class:`~sbi_alfi.samplers.VectorizedHMC` (`step_size`, `num_steps`,
+            `target_accept`, `mass_matrix`, `jitter`); for `"mh_vectorized"`
+            `target_accept` and `proposal` (an independence proposal over
+            :math:`z`); for Pyro's kernels their own arguments (`step_size`,
+            `target_accept_prob`, `full_mass`, `max_tree_depth`, `jit_compile`...).
+        device: The device of the chains; the estimator's when `None`.
+        show_progress_bars: Whether to show Pyro's progress bar.
+
+    Example:
+        >>> import torch
+        >>> from torch import nn
+        >>> from sbi.utils import BoxUniform
+        >>> from sbi_alfi import RatioMCMCPosterior
+        >>> class ExactRatio(nn.Module):  # log N(x; theta, 1), up to the evidence
+        ...     def forward(self, theta, x):
+        ...         return -0.5 * (x - theta).square().sum(-1)
+        >>> prior = BoxUniform(-3 * torch.ones(2), 3 * torch.ones(2))
+        >>> posterior = RatioMCMCPosterior(ExactRatio(), prior, num_chains=20,
+        ...                                warmup_steps=50, show_progress_bars=False)
+        >>> posterior.sample((2000,), x=torch.zeros(1, 2)).shape
+        torch.Size([2000, 2])
+        >>> posterior.chains.shape  # (chains, draws per chain, D)
+        torch.Size([20, 100, 2])
+    """
+
+    def __init__(
+        self,
+        estimator: nn.Module | Callable,
+        prior: Distribution,
+        method: Method = "hmc_vectorized",
+        num_chains: int = 100,
+        warmup_steps: int = 200,
+        thin: int = 1,
+        init_strategy: InitStrategy | Distribution = "resample",
+        num_init_candidates: int = 10_000,
+        kernel_kwargs: dict[str, Any] | None = None,
+        device: str | torch.device | None = None,
+        show_progress_bars: bool = True,
+    ):
+        if method not in METHODS:
+            raise ValueError(f"`method` must be one of {METHODS}, got {method!r}.")
+        if num_chains < 1 or warmup_steps < 0 or thin < 1:
+            raise ValueError(
+                "Need `num_chains` >= 1, `warmup_steps` >= 0 and `thin` >= 1, got "
+                f"{num_chains}, {warmup_steps} and {thin}."
+            )
+        if isinstance(init_strategy, str) and init_strategy not in (
+            "resample",
+            "prior",
+        ):
+            raise ValueError(
+                "`init_strategy` must be 'resample', 'prior' or a distribution, got "
+                f"{init_strategy!r}."
+            )
+        prior, _, _ = process_prior(prior)  # log_prob is -inf off the support
+        if device is None:
+            parameter = next(iter(getattr(estimator, "parameters", list)()), None)
+            device = parameter.device if parameter is not None else "cpu"
+        self.estimator = estimator
+        self.prior = prior
+        self.method = method
+        self.num_chains = num_chains
+        self.warmup_steps = warmup_steps
+        self.thin = thin
+        self.init_strategy = init_strategy
+        self.num_init_candidates = num_init_candidates
+        self.kernel_kwargs = dict(kernel_kwargs or {})
+        self.show_progress_bars = show_progress_bars
+        self.chains: Tensor | None = None
+        self.diagnostics: dict[str, Tensor] = {}
+        potential = _RatioPotential(estimator, prior, device=device)
+        super().__init__(
+            potential,
+            theta_transform=mcmc_transform(prior, device=device),
+            device=device,
+        )
+
+    # The target
+
+    def log_density(self, z: Tensor) -> Tensor:
+        r"""The posterior's log-density in the unconstrained space, `(C, D) -> (C,)`,
+        Jacobian included, at the current `x`."""
+        theta = self.theta_transform.inv(z)
+        log_jacobian = self.theta_transform.log_abs_det_jacobian(theta, z)
+        return self.potential_fn(theta, track_gradients=True) - log_jacobian
+
+    def _check_x(self, x: Tensor) -> Tensor:
+        x = torch.as_tensor(x, dtype=torch.float32)
+        if x.dim() == 1:
+            x = x.unsqueeze(0)
+        if not torch.isfinite(x).all():
+            bad = ~torch.isfinite(x.reshape(len(x), -1)).all(-1)
+            raise ValueError(
+                f"`x` has NaN or inf in {int(bad.sum())} of {len(x)} observations."
+            )
+        theta = self.prior.sample((2,)).to(self._device)
+        try:
+            with torch.no_grad():
+                self.potential_fn.set_x(x.to(self._device))
+                value = self.potential_fn(theta, track_gradients=False)
+        except Exception as error:
+            raise ValueError(
+                f"The ratio estimator cannot evaluate x of shape {tuple(x.shape)} "
+                f"(observations, *x_shape) with theta of shape (N, "
+                f"{theta.shape[-1]}): {error}"
+            ) from error
+        if value.shape != (2,):
+            raise ValueError(
+                f"The ratio estimator must return one log-ratio per (theta, x) pair; "
+                f"for 2 parameters and x of shape {tuple(x.shape)} the potential "
+                f"has shape {tuple(value.shape)}."
+            )
+        return x.to(self._device)
+
+    def _x_else_default_x(self, x: Tensor | None) -> Tensor:
+        if x is not None:
+            return self._check_x(x)
+        if self.default_x is None:
+            raise ValueError("Pass `x`, or set a default with `set_default_x(x_o)`.")
+        return self.default_x
+
+    def set_default_x(self, x: Tensor) -> RatioMCMCPosterior:
+        r"""Sets the observation(s) used when no `x` is passed; chainable."""
+        self._x = self._check_x(x)
+        self._map = None
+        return self
+
+    # Sampling
+
+    def sample(
+        self,
+        sample_shape: Shape = (),
+        x: Tensor | None = None,
+        show_progress_bars: bool | None = None,
+    ) -> Tensor:
+        r"""Draws from the posterior of `x` by MCMC.
+
+        Arguments:
+            sample_shape: The shape of the draws.
+            x: One observation `(*x_shape)` or `(1, *x_shape)`, or `n` i.i.d. ones
+                `(n, *x_shape)`; the default x when `None`.
+            show_progress_bars: Overrides the posterior's setting.
+
+        Returns:
+            Draws of shape `(*sample_shape, D)`, taken from the chains in turn.
+        """
+        x = self._x_else_default_x(x)
+        self.potential_fn.set_x(x)
+        num_samples = math.prod(sample_shape)
+        per_chain = max(1, math.ceil(num_samples / self.num_chains))
+        show = (
+            self.show_progress_bars
+            if show_progress_bars is None
+            else show_progress_bars
+        )
+        z_0 = self._initial_positions()
+        if self.method.endswith("_pyro"):
+            z, kernel_diagnostics = self._run_pyro(z_0, per_chain, show)
+        else:
+            z, kernel_diagnostics = self._run_vectorized(z_0, per_chain, show)
+        chains = self.theta_transform.inv(z)  # (C, S, D)
+        self.chains = chains
+        self._diagnose(chains, num_samples, kernel_diagnostics)
+        draws = chains.transpose(0, 1).reshape(-1, chains.shape[-1])[:num_samples]
+        return draws.reshape(*sample_shape, -1)
+
+    def sample_batched(
+        self, sample_shape: Shape, x: Tensor, show_progress_bars: bool = True
+    ) -> Tensor:
+        raise NotImplementedError(
+            "sample_batched of RatioMCMCPosterior is not implemented yet; call sample "
+            "per observation."
+        )
+
+    def _initial_positions(self) -> Tensor:
+        r"""The chains' starting points in the unconstrained space, `(C, D)`."""
+        if isinstance(self.init_strategy, Distribution):
+            theta = self.init_strategy.sample((self.num_chains,))
+        elif self.init_strategy == "prior":
+            theta = self.prior.sample((self.num_chains,))
+        else:
+            candidates = self.prior.sample((self.num_init_candidates,)).to(self._device)
+            with torch.no_grad():
+                log_weights = self.potential_fn(candidates, track_gradients=False)
+                log_weights = log_weights - self.prior.log_prob(candidates)
+            log_weights = torch.nan_to_num(log_weights, nan=-torch.inf)
+            index = torch.multinomial(
+                (log_weights - log_weights.max()).exp(),
+                self.num_chains,
+                replacement=True,
+            )
+            theta = candidates[index]
+        return self.theta_transform(theta.to(self._device)).detach()
+
+    def _run_vectorized(
+        self, z_0: Tensor, per_chain: int, show: bool
+    ) -> tuple[Tensor, dict[str, Tensor]]:
+        kernel_class = (
+            VectorizedHMC if self.method == "hmc_vectorized" else VectorizedMH
+        )
+        kernel = kernel_class(self.log_density, z_0, **self.kernel_kwargs)
+        mcmc = MCMC(
+            kernel,
+            num_samples=per_chain * self.thin,
+            warmup_steps=self.warmup_steps,
+            disable_progbar=not show,
+        )
+        mcmc.run()
+        z = mcmc.get_samples()["theta"][:: self.thin]  # (S, C, D)
+        return z.transpose(0, 1), kernel.diagnostics()
+
+    def _run_pyro(
+        self, z_0: Tensor, per_chain: int, show: bool
+    ) -> tuple[Tensor, dict[str, Tensor]]:
+        # Pyro's kernels take one chain; they run one after another, as in sbi.
+        kernel_class = NUTS if self.method == "nuts_pyro" else HMC
+
+        def potential(params: dict[str, Tensor]) -> Tensor:
+            return -self.log_density(params["theta"].unsqueeze(0)).squeeze(0)
+
+        chains, stats = [], {"acceptance_rate": [], "step_size": [], "divergences": []}
+        for z in z_0:
+            kernel = kernel_class(potential_fn=potential, **self.kernel_kwargs)
+            mcmc = MCMC(
+                kernel,
+                num_samples=per_chain * self.thin,
+                warmup_steps=self.warmup_steps,
+                initial_params={"theta": z},
+                disable_progbar=not show,
+            )
+            mcmc.run()
+            chains.append(mcmc.get_samples()["theta"][:: self.thin])
+            diagnostics = mcmc.diagnostics()
+            stats["acceptance_rate"].append(
+                float(diagnostics["acceptance rate"]["chain 0"])
+            )
+            stats["divergences"].append(len(diagnostics["divergences"]["chain 0"]))
+            stats["step_size"].append(float(kernel.step_size))
+        return torch.stack(chains), {k: torch.tensor(v) for k, v in stats.items()}
+
+    def _diagnose(
+        self, chains: Tensor, num_samples: int, kernel_diagnostics: dict[str, Tensor]
+    ) -> None:
+        r"""Split R-hat and bulk ESS per parameter (Pyro's estimators), with the
+        kernels' per-chain statistics; warns when the run should not be trusted."""
+        if chains.shape[1] >= 4:
+            r_hat = split_gelman_rubin(chains, chain_dim=0, sample_dim=1)
+            ess = effective_sample_size(chains, chain_dim=0, sample_dim=1)
+        else:
+            r_hat = ess = torch.full(chains.shape[-1:], torch.nan)
+        self.diagnostics = {"r_hat": r_hat, "ess": ess, **kernel_diagnostics}
+        problems = []
+        if (r_hat > 1.01).any():
+            problems.append(f"split R-hat up to {r_hat.max():.3f} (> 1.01)")
+        if (ess < num_samples).any():
+            problems.append(
+                f"bulk ESS down to {ess.min():.0f}, below the {num_samples} draws "
+                "asked for"
+            )
+        divergences = kernel_diagnostics.get("divergences")
+        if divergences is not None and divergences.sum() > 0:
+            problems.append(f"{int(divergences.sum())} divergent transitions")
+        if problems:
+            warnings.warn(
+                f"MCMC ({self.method}) may not have converged: "
+                + "; ".join(problems)
+                + ". Consider more warmup_steps, more chains or thinning.",
+                stacklevel=3,
+            )
+
+    def __repr__(self) -> str:
+        return (
+            f"RatioMCMCPosterior(method={self.method!r}, num_chains={self.num_chains}, "
+            f"warmup_steps={self.warmup_steps}, thin={self.thin})"
+        )
+
+
+class _RatioPotential(RatioBasedPotential):
+    r"""`sbi`'s ratio-based potential, for estimators with or without parameters:
+    `sbi` reads the device from the estimator's parameters, which an exact
+    stand-in (a test's, or a known likelihood's) may not have."""
+
+    def __call__(self, theta: Tensor, track_gradients: bool = True) -> Tensor:
+        x = self.x_o
+        n = len(x)
+        theta_repeated = theta.repeat(n, 1)  # ABCABC, as sbi pairs them
+        x_repeated = x.repeat_interleave(len(theta), dim=0)  # AABBCC
+        with torch.set_grad_enabled(track_gradients):
+            log_ratio = self.ratio_estimator(theta_repeated, x_repeated)
+            log_ratio = log_ratio.reshape(n, len(theta)).sum(0)
+        return log_ratio + self.prior.log_prob(theta)
