@@ -311,8 +311,9 @@ class RatioMCMCPosterior(NeuralPosterior):
         r"""Split R-hat and bulk ESS per parameter (Pyro's estimators), with the
         kernels' per-chain statistics; warns when the run should not be trusted."""
         if chains.shape[1] >= 4:
-            r_hat = split_gelman_rubin(chains, chain_dim=0, sample_dim=1)
-            ess = effective_sample_size(chains, chain_dim=0, sample_dim=1)
+            chains = chains.double()  # the autocorrelation sums need the precision
+            r_hat = split_gelman_rubin(chains, chain_dim=0, sample_dim=1).float()
+            ess = effective_sample_size(chains, chain_dim=0, sample_dim=1).float()
         else:
             r_hat = ess = torch.full(chains.shape[-1:], torch.nan)
         self.diagnostics = {"r_hat": r_hat, "ess": ess, **kernel_diagnostics}
