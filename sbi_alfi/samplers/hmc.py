@@ -5,11 +5,11 @@ from __future__ import annotations
 from typing import Literal
 
 import torch
-from pyro.infer.mcmc.mcmc_kernel import MCMCKernel
 from pyro.ops.integrator import velocity_verlet
 from torch import Tensor
 
 from .adaptation import PooledMoments, StepSizeAdaptation, warmup_windows
+from .base import VectorizedKernel
 from .state import ChainState, LogDensity, init_state
 
 __all__ = ["VectorizedHMC", "hmc_step"]
@@ -87,7 +87,7 @@ def hmc_step(
     return new, log_alpha.clamp(max=0).exp(), divergent
 
 
-class VectorizedHMC(MCMCKernel):
+class VectorizedHMC(VectorizedKernel):
     r"""Hamiltonian Monte Carlo for `C` chains stepped together, as a Pyro
     :class:`~pyro.infer.mcmc.mcmc_kernel.MCMCKernel`.
 
@@ -139,11 +139,7 @@ class VectorizedHMC(MCMCKernel):
         jitter: float = 0.2,
         adapt_step_size: bool = True,
     ):
-        if initial_position.dim() != 2:
-            raise ValueError(
-                "`initial_position` must have shape (num_chains, D), got "
-                f"{tuple(initial_position.shape)}."
-            )
+        super().__init__(log_density, initial_position)
         if mass_matrix not in ("diag", "dense", "identity"):
             raise ValueError(
                 "`mass_matrix` must be 'diag', 'dense' or 'identity', got "
@@ -154,24 +150,12 @@ class VectorizedHMC(MCMCKernel):
                 "Need `step_size` > 0, `num_steps` >= 1 and 0 <= `jitter` < 1, got "
                 f"{step_size}, {num_steps} and {jitter}."
             )
-        self.log_density = log_density
         self.initial_step_size = step_size
         self.num_steps = num_steps
         self.target_accept = target_accept
         self.mass_matrix = mass_matrix
         self.jitter = jitter
         self.adapt_step_size = adapt_step_size
-        self._initial_position = initial_position
-        self.transforms: dict = {}
-        self.state: ChainState | None = None
-
-    @property
-    def initial_params(self) -> dict[str, Tensor]:
-        return {"theta": self._initial_position}
-
-    @initial_params.setter
-    def initial_params(self, params: dict[str, Tensor]) -> None:
-        self._initial_position = params["theta"]
 
     def setup(self, warmup_steps: int, *args, **kwargs) -> None:
         position = self._initial_position

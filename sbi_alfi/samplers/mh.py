@@ -3,11 +3,11 @@ r"""Metropolis–Hastings with all chains as one batch."""
 from __future__ import annotations
 
 import torch
-from pyro.infer.mcmc.mcmc_kernel import MCMCKernel
 from torch import Tensor
 from torch.distributions import Distribution
 
 from .adaptation import PooledMoments, StepSizeAdaptation, initial_scale, warmup_windows
+from .base import VectorizedKernel
 from .state import ChainState, LogDensity, checked, init_state
 
 __all__ = ["VectorizedMH", "independence_step", "random_walk_step"]
@@ -52,7 +52,7 @@ def _accept(
     return new, log_alpha.clamp(max=0).exp()
 
 
-class VectorizedMH(MCMCKernel):
+class VectorizedMH(VectorizedKernel):
     r"""Metropolis–Hastings for `C` chains stepped together, as a Pyro
     :class:`~pyro.infer.mcmc.mcmc_kernel.MCMCKernel`.
 
@@ -97,25 +97,9 @@ class VectorizedMH(MCMCKernel):
         proposal: Distribution | None = None,
         target_accept: float = 0.234,
     ):
-        if initial_position.dim() != 2:
-            raise ValueError(
-                "`initial_position` must have shape (num_chains, D), got "
-                f"{tuple(initial_position.shape)}."
-            )
-        self.log_density = log_density
+        super().__init__(log_density, initial_position)
         self.proposal = proposal
         self.target_accept = target_accept
-        self._initial_position = initial_position
-        self.transforms: dict = {}  # the chains already live where they are sampled
-        self.state: ChainState | None = None
-
-    @property
-    def initial_params(self) -> dict[str, Tensor]:
-        return {"theta": self._initial_position}
-
-    @initial_params.setter
-    def initial_params(self, params: dict[str, Tensor]) -> None:
-        self._initial_position = params["theta"]
 
     def setup(self, warmup_steps: int, *args, **kwargs) -> None:
         position = self._initial_position

@@ -1,0 +1,39 @@
+r"""What the vectorized kernels share: Pyro's kernel interface over `C` chains."""
+
+from __future__ import annotations
+
+from pyro.infer.mcmc.mcmc_kernel import MCMCKernel
+from torch import Tensor
+
+from .state import ChainState, LogDensity
+
+__all__ = ["VectorizedKernel"]
+
+
+class VectorizedKernel(MCMCKernel):
+    r"""A Pyro :class:`~pyro.infer.mcmc.mcmc_kernel.MCMCKernel` whose one site,
+    `"theta"`, holds `C` chains of shape `(C, D)`, stepped together.
+
+    Arguments:
+        log_density: Maps positions `(C, D)` to log-densities `(C,)`.
+        initial_position: The chains' starting points, `(C, D)`.
+    """
+
+    def __init__(self, log_density: LogDensity, initial_position: Tensor):
+        if initial_position.dim() != 2:
+            raise ValueError(
+                "`initial_position` must have shape (num_chains, D), got "
+                f"{tuple(initial_position.shape)}."
+            )
+        self.log_density = log_density
+        self._initial_position = initial_position
+        self.transforms: dict = {}  # the chains already live where they are sampled
+        self.state: ChainState | None = None
+
+    @property
+    def initial_params(self) -> dict[str, Tensor]:
+        return {"theta": self._initial_position}
+
+    @initial_params.setter
+    def initial_params(self, params: dict[str, Tensor]) -> None:
+        self._initial_position = params["theta"]
