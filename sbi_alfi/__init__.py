@@ -1,9 +1,16 @@
 r"""sbi-alfi: ALFI and AALR for the `sbi` simulation-based inference library."""
 
 from . import simulators
-from .aalr import RatioMCMCPosterior
+from .aalr import AALR, RatioMCMCPosterior
 from .alfi import ALFI, ALFIPosterior
 
 __version__ = "0.1.0.dev0"
 
-__all__ = ["ALFI", "ALFIPosterior", "RatioMCMCPosterior", "__version__", "simulators"]
+__all__ = [
+    "AALR",
+    "ALFI",
+    "ALFIPosterior",
+    "RatioMCMCPosterior",
+    "__version__",
+    "simulators",
+]

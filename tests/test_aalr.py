@@ -136,3 +136,34 @@ def test_bad_input():
         posterior.sample((10,), x=torch.zeros(2, 3))
     with pytest.raises(ValueError, match="set_default_x"):
         posterior.sample((10,))
+
+
+# The AALR trainer
+
+
+def test_aalr_learns_the_ratio_of_a_gaussian_model():
+    from sbi_alfi import AALR
+
+    torch.manual_seed(0)
+    prior = BoxUniform(-2 * torch.ones(2), 2 * torch.ones(2))
+    theta = prior.sample((3_000,))
+    x = theta + 0.3 * torch.randn_like(theta)
+    inference = AALR(prior, show_progress_bars=False)
+    estimator = inference.append_simulations(theta, x).train(max_num_epochs=40)
+    activations = {type(m) for m in estimator.modules()}
+    assert nn.SiLU in activations and nn.ReLU not in activations
+    posterior = inference.build_posterior(num_chains=50, warmup_steps=200)
+    x_o = torch.tensor([0.5, -0.5])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        samples = posterior.sample((2_000,), x=x_o)
+    # The exact posterior is N(x_o, 0.3^2 I), barely cut by the box.
+    assert torch.allclose(samples.mean(0), x_o, atol=0.1)
+    assert ((samples.std(0) > 0.2) & (samples.std(0) < 0.42)).all()
+
+
+def test_aalr_needs_training_first():
+    from sbi_alfi import AALR
+
+    with pytest.raises(ValueError, match="call `train\\(\\)` first"):
+        AALR(prior_of("box")).build_posterior()
