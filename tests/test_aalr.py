@@ -167,3 +167,35 @@ def test_aalr_needs_training_first():
 
     with pytest.raises(ValueError, match="call `train\\(\\)` first"):
         AALR(prior_of("box")).build_posterior()
+
+
+def test_sample_batched_runs_every_observation_at_once():
+    torch.manual_seed(0)
+    calls = []
+
+    class CountingRatio(ExactRatio):
+        def forward(self, theta, x):
+            calls.append(len(theta))
+            return super().forward(theta, x)
+
+    x = torch.tensor([[0.0, 0.0], [1.0, -1.0], [-1.5, 0.5]])
+    posterior = RatioMCMCPosterior(
+        CountingRatio(),
+        prior_of("gaussian"),
+        num_chains=50,
+        warmup_steps=150,
+        show_progress_bars=False,
+    )
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        samples = posterior.sample_batched((1_000,), x)
+    assert samples.shape == (1_000, 3, 2)
+    assert posterior.chains.shape == (3, 50, 20, 2)
+    assert posterior.diagnostics["r_hat"].shape == (3, 2)
+    # A shape check, one importance resampling for all, then every step one call
+    # for the 3 x 50 chains.
+    assert calls[:2] == [2 * 3, 3 * 10_000] and set(calls[2:]) == {3 * 50}
+    # Each observation's exact posterior: N(x / (1 + NOISE^2), NOISE^2 / (1 + NOISE^2)).
+    variance = NOISE**2 / (1 + NOISE**2)
+    assert torch.allclose(samples.mean(0), x / (1 + NOISE**2), atol=0.08)
+    assert torch.allclose(samples.var(0), torch.full((3, 2), variance), atol=0.05)

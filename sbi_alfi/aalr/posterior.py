@@ -232,40 +232,96 @@ class RatioMCMCPosterior(NeuralPosterior):
         return draws.reshape(*sample_shape, -1)
 
     def sample_batched(
-        self, sample_shape: Shape, x: Tensor, show_progress_bars: bool = True
+        self,
+        sample_shape: Shape,
+        x: Tensor,
+        show_progress_bars: bool | None = None,
     ) -> Tensor:
-        raise NotImplementedError(
-            "sample_batched of RatioMCMCPosterior is not implemented yet; call sample "
-            "per observation."
-        )
+        r"""Draws from the posteriors of `B` observations, one each, at once: with the
+        vectorized methods all `B x num_chains` chains step together, one network
+        call per step; Pyro's kernels run observation after observation.
 
-    def _initial_positions(self) -> Tensor:
-        r"""The chains' starting points in the unconstrained space, `(C, D)`."""
+        Arguments:
+            sample_shape: The shape of the draws for each observation.
+            x: Observations of shape `(B, *x_shape)`.
+            show_progress_bars: Overrides the posterior's setting.
+
+        Returns:
+            Draws of shape `(*sample_shape, B, D)`; `chains` then has shape
+            `(B, num_chains, draws per chain, D)` and `diagnostics` R-hat and ESS of
+            shape `(B, D)`.
+        """
+        x = self._check_x(x)
+        if self.method.endswith("_pyro"):
+            draws = [
+                self.sample(sample_shape, x_b[None], show_progress_bars) for x_b in x
+            ]
+            return torch.stack(draws, -2)
+        batch, num_chains = len(x), self.num_chains
+        num_samples = math.prod(sample_shape)
+        per_chain = max(1, math.ceil(num_samples / num_chains))
+        x_chains = x.repeat_interleave(num_chains, dim=0)  # chain c of x_b: b * C + c
+
+        def log_density(z: Tensor) -> Tensor:
+            theta = self.theta_transform.inv(z)
+            log_ratio = self.estimator(theta, x_chains).reshape(-1)
+            log_jacobian = self.theta_transform.log_abs_det_jacobian(theta, z)
+            return log_ratio + self.prior.log_prob(theta) - log_jacobian
+
+        z_0 = self._initial_positions(x)
+        show = (
+            self.show_progress_bars
+            if show_progress_bars is None
+            else show_progress_bars
+        )
+        z, kernel_diagnostics = self._run_vectorized(z_0, per_chain, show, log_density)
+        chains = self.theta_transform.inv(z).reshape(batch, num_chains, per_chain, -1)
+        self.chains = chains
+        self._diagnose(chains.permute(1, 2, 0, 3), num_samples, kernel_diagnostics)
+        draws = chains.permute(2, 1, 0, 3).reshape(-1, batch, chains.shape[-1])
+        return draws[:num_samples].reshape(*sample_shape, batch, -1)
+
+    def _initial_positions(self, x_batch: Tensor | None = None) -> Tensor:
+        r"""The chains' starting points in the unconstrained space: `(C, D)` for the
+        current `x`, or `(B * C, D)` for the observations `x_batch`, each row its
+        own, chains grouped by observation."""
+        batch = 1 if x_batch is None else len(x_batch)
+        num = batch * self.num_chains
         if isinstance(self.init_strategy, Distribution):
-            theta = self.init_strategy.sample((self.num_chains,))
+            theta = self.init_strategy.sample((num,))
         elif self.init_strategy == "prior":
-            theta = self.prior.sample((self.num_chains,))
+            theta = self.prior.sample((num,))
         else:
+            # One importance resampling of shared prior draws, weighted by the
+            # ratio (the posterior over the prior), for every chain at once.
             candidates = self.prior.sample((self.num_init_candidates,)).to(self._device)
             with torch.no_grad():
-                log_weights = self.potential_fn(candidates, track_gradients=False)
-                log_weights = log_weights - self.prior.log_prob(candidates)
+                if x_batch is None:
+                    log_weights = self.potential_fn(candidates, track_gradients=False)
+                    log_weights = (log_weights - self.prior.log_prob(candidates))[None]
+                else:
+                    log_weights = self.estimator(
+                        candidates.repeat(batch, 1),
+                        x_batch.repeat_interleave(len(candidates), dim=0),
+                    ).reshape(batch, -1)
             log_weights = torch.nan_to_num(log_weights, nan=-torch.inf)
-            index = torch.multinomial(
-                (log_weights - log_weights.max()).exp(),
-                self.num_chains,
-                replacement=True,
-            )
-            theta = candidates[index]
+            weights = (log_weights - log_weights.max(-1, keepdim=True).values).exp()
+            index = torch.multinomial(weights, self.num_chains, replacement=True)
+            theta = candidates[index.reshape(-1)]
         return self.theta_transform(theta.to(self._device)).detach()
 
     def _run_vectorized(
-        self, z_0: Tensor, per_chain: int, show: bool
+        self,
+        z_0: Tensor,
+        per_chain: int,
+        show: bool,
+        log_density: Callable[[Tensor], Tensor] | None = None,
     ) -> tuple[Tensor, dict[str, Tensor]]:
         kernel_class = (
             VectorizedHMC if self.method == "hmc_vectorized" else VectorizedMH
         )
-        kernel = kernel_class(self.log_density, z_0, **self.kernel_kwargs)
+        log_density = self.log_density if log_density is None else log_density
+        kernel = kernel_class(log_density, z_0, **self.kernel_kwargs)
         mcmc = MCMC(
             kernel,
             num_samples=per_chain * self.thin,
@@ -308,14 +364,15 @@ class RatioMCMCPosterior(NeuralPosterior):
     def _diagnose(
         self, chains: Tensor, num_samples: int, kernel_diagnostics: dict[str, Tensor]
     ) -> None:
-        r"""Split R-hat and bulk ESS per parameter (Pyro's estimators), with the
-        kernels' per-chain statistics; warns when the run should not be trusted."""
+        r"""Split R-hat and bulk ESS per parameter (Pyro's estimators) of `chains`,
+        `(C, S, *batch, D)`, with the kernels' per-chain statistics; warns when the
+        run should not be trusted."""
         if chains.shape[1] >= 4:
             chains = chains.double()  # the autocorrelation sums need the precision
             r_hat = split_gelman_rubin(chains, chain_dim=0, sample_dim=1).float()
             ess = effective_sample_size(chains, chain_dim=0, sample_dim=1).float()
         else:
-            r_hat = ess = torch.full(chains.shape[-1:], torch.nan)
+            r_hat = ess = torch.full(chains.shape[2:], torch.nan)
         self.diagnostics = {"r_hat": r_hat, "ess": ess, **kernel_diagnostics}
         problems = []
         if (r_hat > 1.01).any():
