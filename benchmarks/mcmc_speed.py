@@ -112,7 +112,7 @@ def main() -> None:
         20 * n,
         {"num_chains": 200, "warmup_steps": 300},
     )
-    reference = reference[torch.randperm(len(reference))[:n]]
+    reference = reference[torch.randperm(len(reference))[:n]].detach()
 
     rows = []
     ours = {
@@ -123,7 +123,7 @@ def main() -> None:
     }
     for method, settings in ours.items():
         samples, chains, seconds = run_ours(estimator, prior, x_o, method, n, settings)
-        rows.append(("sbi-alfi", method, seconds, min_ess(chains), samples))
+        rows.append(("sbi-alfi", method, seconds, min_ess(chains), samples.detach()))
     for method, chains_, warmup in [
         ("slice_np_vectorized", 20, 200),
         ("hmc_pyro", 4, 200),
@@ -132,7 +132,7 @@ def main() -> None:
         samples, chains, seconds = run_sbi(
             estimator, prior, x_o, method, n, chains_, warmup
         )
-        rows.append(("sbi", method, seconds, min_ess(chains), samples))
+        rows.append(("sbi", method, seconds, min_ess(chains), samples.detach()))
 
     ess_rate = {(lib, m): ess / s for lib, m, s, ess, _ in rows}
     default = ess_rate[("sbi-alfi", "hmc_vectorized")]

@@ -225,7 +225,7 @@ class RatioMCMCPosterior(NeuralPosterior):
             z, kernel_diagnostics = self._run_pyro(z_0, per_chain, show)
         else:
             z, kernel_diagnostics = self._run_vectorized(z_0, per_chain, show)
-        chains = self.theta_transform.inv(z)  # (C, S, D)
+        chains = self.theta_transform.inv(z).detach()  # (C, S, D)
         self.chains = chains
         self._diagnose(chains, num_samples, kernel_diagnostics)
         draws = chains.transpose(0, 1).reshape(-1, chains.shape[-1])[:num_samples]
@@ -275,7 +275,8 @@ class RatioMCMCPosterior(NeuralPosterior):
             else show_progress_bars
         )
         z, kernel_diagnostics = self._run_vectorized(z_0, per_chain, show, log_density)
-        chains = self.theta_transform.inv(z).reshape(batch, num_chains, per_chain, -1)
+        chains = self.theta_transform.inv(z).detach()
+        chains = chains.reshape(batch, num_chains, per_chain, -1)
         self.chains = chains
         self._diagnose(chains.permute(1, 2, 0, 3), num_samples, kernel_diagnostics)
         draws = chains.permute(2, 1, 0, 3).reshape(-1, batch, chains.shape[-1])
