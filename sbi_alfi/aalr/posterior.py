@@ -10,13 +10,13 @@ from typing import Any, Literal
 import torch
 from pyro.infer import HMC, MCMC, NUTS
 from pyro.ops.stats import effective_sample_size, split_gelman_rubin
-from sbi.inference.posteriors.base_posterior import NeuralPosterior
 from sbi.inference.potentials.ratio_based_potential import RatioBasedPotential
 from sbi.sbi_types import Shape
 from sbi.utils import mcmc_transform, process_prior
 from torch import Tensor, nn
 from torch.distributions import Distribution
 
+from ..checked_posterior import CheckedPosterior
 from ..samplers import VectorizedHMC, VectorizedMH
 
 __all__ = ["METHODS", "RatioMCMCPosterior"]
@@ -26,7 +26,7 @@ METHODS = ("hmc_vectorized", "mh_vectorized", "hmc_pyro", "nuts_pyro")
 InitStrategy = Literal["resample", "prior"]
 
 
-class RatioMCMCPosterior(NeuralPosterior):
+class RatioMCMCPosterior(CheckedPosterior):
     r"""The posterior of an amortized likelihood-to-evidence ratio estimator
     :math:`\hat r(x \mid \theta) \approx p(x \mid \theta) / p(x)`, sampled by MCMC.
 
@@ -178,19 +178,6 @@ class RatioMCMCPosterior(NeuralPosterior):
                 f"has shape {tuple(value.shape)}."
             )
         return x.to(self._device)
-
-    def _x_else_default_x(self, x: Tensor | None) -> Tensor:
-        if x is not None:
-            return self._check_x(x)
-        if self.default_x is None:
-            raise ValueError("Pass `x`, or set a default with `set_default_x(x_o)`.")
-        return self.default_x
-
-    def set_default_x(self, x: Tensor) -> RatioMCMCPosterior:
-        r"""Sets the observation(s) used when no `x` is passed; chainable."""
-        self._x = self._check_x(x)
-        self._map = None
-        return self
 
     # Sampling
 

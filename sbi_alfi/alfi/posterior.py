@@ -9,7 +9,6 @@ from typing import Any, NamedTuple
 
 import numpy as np
 import torch
-from sbi.inference.posteriors.base_posterior import NeuralPosterior
 from sbi.inference.potentials.base_potential import BasePotential
 from sbi.sbi_types import Shape, TorchTransform
 from sbi.utils.sbiutils import within_support
@@ -17,6 +16,7 @@ from sbi.utils.user_input_checks import process_simulator
 from torch import Tensor
 from torch.distributions import Distribution, Independent, Normal
 
+from ..checked_posterior import CheckedPosterior
 from ..simulators import checked_simulation
 from .network import RecurrentMachine, unroll
 
@@ -51,7 +51,7 @@ def simulate_standardized(
     return x.to(device=device, dtype=torch.float32)
 
 
-class ALFIPosterior(NeuralPosterior):
+class ALFIPosterior(CheckedPosterior):
     r"""The posterior of ALFI for an observed data set :math:`x_o`: the proposal
     :math:`q(\theta \mid \psi_T)` after :math:`T` steps of the recurrent machine.
 
@@ -160,22 +160,6 @@ class ALFIPosterior(NeuralPosterior):
                 f"points; the first is at index {(~finite).nonzero()[0].tolist()}."
             )
         return x.to(self._device)
-
-    def _x_else_default_x(self, x: Tensor | None) -> Tensor:
-        if x is not None:
-            return self._check_x(x)
-        if self.default_x is None:
-            raise ValueError(
-                "Pass `x`, or set a default with `posterior.set_default_x(x_o)`."
-            )
-        return self.default_x
-
-    def set_default_x(self, x: Tensor) -> ALFIPosterior:
-        r"""Sets the data set that `sample`, `log_prob`, `map` and `trajectory` use
-        when no `x` is passed; returns the posterior, for chaining."""
-        self._x = self._check_x(x)
-        self._map = None
-        return self
 
     def _psi(self, x: Tensor) -> Tensor:
         r"""The proposals :math:`\psi_0 \dots \psi_T` for checked data sets
