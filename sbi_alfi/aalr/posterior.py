@@ -9,7 +9,6 @@ from typing import Any, Literal
 
 import torch
 from pyro.infer import HMC, MCMC, NUTS
-from pyro.ops.stats import effective_sample_size, split_gelman_rubin
 from sbi.inference.potentials.ratio_based_potential import RatioBasedPotential
 from sbi.sbi_types import Shape
 from sbi.utils import mcmc_transform, process_prior
@@ -17,6 +16,7 @@ from torch import Tensor, nn
 from torch.distributions import Distribution
 
 from ..checked_posterior import CheckedPosterior
+from ..diagnostics import convergence
 from ..samplers import VectorizedHMC, VectorizedMH
 
 __all__ = ["METHODS", "RatioMCMCPosterior"]
@@ -66,7 +66,8 @@ class RatioMCMCPosterior(CheckedPosterior):
         num_init_candidates: The number of prior draws to resample from.
         kernel_kwargs: Options of the kernel: for `"hmc_vectorized"` those of
             :class:`~sbi_alfi.samplers.VectorizedHMC` (`step_size`, `num_steps`,
-            `target_accept`, `mass_matrix`, `jitter`); for `"mh_vectorized"`
+            `target_accept`, `mass_matrix`, `adapt_trajectory_length`,
+            `max_num_steps`); for `"mh_vectorized"`
             `target_accept` and `proposal` (an independence proposal over
             :math:`z`); for Pyro's kernels their own arguments (`step_size`,
             `target_accept_prob`, `full_mass`, `max_tree_depth`, `jit_compile`...).
@@ -261,7 +262,9 @@ class RatioMCMCPosterior(CheckedPosterior):
             if show_progress_bars is None
             else show_progress_bars
         )
-        z, kernel_diagnostics = self._run_vectorized(z_0, per_chain, show, log_density)
+        z, kernel_diagnostics = self._run_vectorized(
+            z_0, per_chain, show, log_density, num_groups=batch
+        )
         chains = self.theta_transform.inv(z).detach()
         chains = chains.reshape(batch, num_chains, per_chain, -1)
         self.chains = chains
@@ -304,12 +307,15 @@ class RatioMCMCPosterior(CheckedPosterior):
         per_chain: int,
         show: bool,
         log_density: Callable[[Tensor], Tensor] | None = None,
+        num_groups: int = 1,
     ) -> tuple[Tensor, dict[str, Tensor]]:
         kernel_class = (
             VectorizedHMC if self.method == "hmc_vectorized" else VectorizedMH
         )
         log_density = self.log_density if log_density is None else log_density
-        kernel = kernel_class(log_density, z_0, **self.kernel_kwargs)
+        kernel = kernel_class(
+            log_density, z_0, num_groups=num_groups, **self.kernel_kwargs
+        )
         mcmc = MCMC(
             kernel,
             num_samples=per_chain * self.thin,
@@ -352,15 +358,10 @@ class RatioMCMCPosterior(CheckedPosterior):
     def _diagnose(
         self, chains: Tensor, num_samples: int, kernel_diagnostics: dict[str, Tensor]
     ) -> None:
-        r"""Split R-hat and bulk ESS per parameter (Pyro's estimators) of `chains`,
+        r"""Split R-hat and bulk ESS per parameter (:func:`convergence`) of `chains`,
         `(C, S, *batch, D)`, with the kernels' per-chain statistics; warns when the
         run should not be trusted."""
-        if chains.shape[1] >= 4:
-            chains = chains.double()  # the autocorrelation sums need the precision
-            r_hat = split_gelman_rubin(chains, chain_dim=0, sample_dim=1).float()
-            ess = effective_sample_size(chains, chain_dim=0, sample_dim=1).float()
-        else:
-            r_hat = ess = torch.full(chains.shape[2:], torch.nan)
+        r_hat, ess = convergence(chains)
         self.diagnostics = {"r_hat": r_hat, "ess": ess, **kernel_diagnostics}
         problems = []
         if (r_hat > 1.01).any():

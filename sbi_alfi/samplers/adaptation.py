@@ -1,5 +1,11 @@
-r"""Warmup adaptation shared by the vectorized kernels: per-chain step sizes by
-dual averaging (Pyro's), and a covariance pooled over all chains."""
+r"""Warmup adaptation shared by the vectorized kernels.
+
+The chains form `G` equal, contiguous groups, each sampling its own target (one
+group in `sample`, one per observation in `sample_batched`). Everything tuned —
+step sizes, the covariance, the trajectory length — is pooled within a group:
+averaged over its chains, an acceptance rate or a gradient is far less noisy than
+one chain's, so the warmup can be short.
+"""
 
 from __future__ import annotations
 
@@ -9,7 +15,19 @@ import torch
 from pyro.ops.dual_averaging import DualAveraging
 from torch import Tensor
 
-__all__ = ["PooledMoments", "StepSizeAdaptation", "warmup_windows"]
+__all__ = [
+    "PooledMoments",
+    "StepSizeAdaptation",
+    "TrajectoryLengthAdaptation",
+    "chees_gradient",
+    "group_mean",
+    "warmup_windows",
+]
+
+
+def group_mean(values: Tensor, groups: int) -> Tensor:
+    r"""The mean over each group's chains: `(C, *)` to `(G, *)`."""
+    return values.reshape(groups, -1, *values.shape[1:]).mean(1)
 
 
 def warmup_windows(warmup_steps: int) -> list[int]:
@@ -24,37 +42,41 @@ def warmup_windows(warmup_steps: int) -> list[int]:
 
 
 class PooledMoments:
-    r"""The mean and covariance of positions pooled over chains and steps.
+    r"""The mean and covariance of positions pooled over each group's chains and
+    over steps, `(G, D, D)`.
 
     Pyro's `WelfordCovariance` takes one sample at a time; the chains here give
     `C` at once, so the sums are accumulated as batches.
     """
 
-    def __init__(self, dim: int, dtype: torch.dtype, device: torch.device):
+    def __init__(self, groups: int, dim: int, dtype: torch.dtype, device):
+        self.groups = groups
         self.count = 0
-        self.sum = torch.zeros(dim, dtype=dtype, device=device)
-        self.outer = torch.zeros(dim, dim, dtype=dtype, device=device)
+        self.sum = torch.zeros(groups, dim, dtype=dtype, device=device)
+        self.outer = torch.zeros(groups, dim, dim, dtype=dtype, device=device)
 
     def update(self, position: Tensor) -> None:
-        self.count += len(position)
-        self.sum += position.sum(0)
+        position = position.reshape(self.groups, -1, position.shape[-1])
+        self.count += position.shape[1]
+        self.sum += position.sum(1)
         self.outer += position.mT @ position
 
     def covariance(self, regularize: float = 1e-3) -> Tensor:
-        r"""The covariance, shrunk towards a scaled identity as Stan does for small
-        counts, so that it stays positive definite."""
+        r"""The covariances, shrunk towards a scaled identity as Stan does for
+        small counts, so that they stay positive definite."""
         n = self.count
         mean = self.sum / n
-        cov = (self.outer - n * torch.outer(mean, mean)) / max(n - 1, 1)
+        cov = (self.outer - n * mean[:, :, None] * mean[:, None, :]) / max(n - 1, 1)
         shrink = n / (n + 5.0)
-        eye = torch.eye(len(mean), dtype=cov.dtype, device=cov.device)
+        eye = torch.eye(mean.shape[-1], dtype=cov.dtype, device=cov.device)
         return shrink * cov + (1 - shrink) * regularize * eye
 
 
 class StepSizeAdaptation:
-    r"""Per-chain step sizes tuned by dual averaging (Hoffman and Gelman, 2014)
-    towards a target acceptance probability; the `C` chains' schemes run as one,
-    since Pyro's :class:`~pyro.ops.dual_averaging.DualAveraging` is elementwise."""
+    r"""Step sizes (one per group, `(G,)`) tuned by dual averaging (Hoffman and
+    Gelman, 2014) towards a target acceptance probability. The groups' schemes run
+    as one, since Pyro's :class:`~pyro.ops.dual_averaging.DualAveraging` is
+    elementwise."""
 
     def __init__(self, step_size: Tensor, target_accept: float):
         self.target_accept = target_accept
@@ -65,6 +87,7 @@ class StepSizeAdaptation:
         self.step_size = step_size
 
     def update(self, accept_prob: Tensor) -> Tensor:
+        r"""One update from the groups' mean acceptance probabilities `(G,)`."""
         self.scheme.step(self.target_accept - accept_prob)
         log_step_size, _ = self.scheme.get_state()
         self.step_size = log_step_size.exp()
@@ -73,6 +96,85 @@ class StepSizeAdaptation:
     def final(self) -> Tensor:
         _, log_step_size_avg = self.scheme.get_state()
         return log_step_size_avg.exp()
+
+
+def chees_gradient(
+    position: Tensor,
+    proposal: Tensor,
+    velocity: Tensor,
+    accept_prob: Tensor,
+    trajectory_length: Tensor,
+    groups: int,
+) -> Tensor:
+    r"""The ChEES criterion's gradient with respect to the log trajectory length,
+    one per group (Hoffman, Radul and Sountsov, 2021):
+
+    .. math:: \frac{\partial}{\partial \log T} \frac14 \left(\|\theta' -
+        \bar\theta'\|^2 - \|\theta - \bar\theta\|^2\right)^2 = \left(\|\theta' -
+        \bar\theta'\|^2 - \|\theta - \bar\theta\|^2\right) (\theta' -
+        \bar\theta')^\top v' \, t,
+
+    from each chain's start :math:`\theta`, proposal :math:`\theta'`, final
+    velocity :math:`v' = M^{-1} r'` and jittered length :math:`t`, averaged over
+    the group's chains with the acceptance probabilities as weights.
+
+    Arguments:
+        position, proposal, velocity: `(C, D)`.
+        accept_prob, trajectory_length: `(C,)`.
+        groups: The number of groups `G`.
+    """
+    finite = torch.isfinite(proposal).all(-1) & torch.isfinite(velocity).all(-1)
+    weight = torch.where(finite, accept_prob, 0.0).reshape(groups, -1, 1)
+    shape = (groups, -1, position.shape[-1])
+    proposal = torch.where(finite[:, None], proposal, 0.0).reshape(shape)
+    velocity = torch.where(finite[:, None], velocity, 0.0).reshape(proposal.shape)
+    position = position.reshape(proposal.shape)
+    centered = position - position.mean(1, keepdim=True)
+    weights_sum = weight.sum(1, keepdim=True).clamp(min=1e-12)
+    proposal_centered = (
+        proposal - (weight * proposal).sum(1, keepdim=True) / weights_sum
+    )
+    change = proposal_centered.square().sum(-1) - centered.square().sum(-1)
+    gradient = change * (proposal_centered * velocity).sum(-1)
+    gradient = gradient * trajectory_length.reshape(groups, -1)
+    return (weight.squeeze(-1) * gradient).sum(1) / weights_sum.reshape(groups)
+
+
+class TrajectoryLengthAdaptation:
+    r"""Trajectory lengths (one per group, `(G,)`) tuned by Adam ascent on the
+    ChEES criterion (:func:`chees_gradient`), in log space. The length used after
+    warmup is the geometric mean of the iterates since the last `restart`, which
+    smooths out Adam's last steps.
+
+    Arguments:
+        trajectory_length: The initial lengths, `(G,)`.
+        learning_rate: Adam's learning rate on :math:`\log T`.
+    """
+
+    def __init__(self, trajectory_length: Tensor, learning_rate: float = 0.05):
+        # A leaf tensor stepped by torch's Adam: the gradient is computed by hand.
+        self.log_length = trajectory_length.log().clone()
+        self.optimizer = torch.optim.Adam(
+            [self.log_length], lr=learning_rate, betas=(0.0, 0.95)
+        )
+        self.restart()
+
+    def restart(self) -> None:
+        self._sum = torch.zeros_like(self.log_length)
+        self._count = 0
+
+    def update(self, gradient: Tensor) -> Tensor:
+        r"""One ascent step on the gradients `(G,)`; returns the new lengths."""
+        self.log_length.grad = -torch.nan_to_num(gradient, nan=0.0)
+        self.optimizer.step()
+        self._sum += self.log_length
+        self._count += 1
+        return self.log_length.exp()
+
+    def final(self) -> Tensor:
+        if self._count == 0:
+            return self.log_length.exp()
+        return (self._sum / self._count).exp()
 
 
 def initial_scale(dim: int) -> float:

@@ -17,18 +17,34 @@ class VectorizedKernel(MCMCKernel):
     Arguments:
         log_density: Maps positions `(C, D)` to log-densities `(C,)`.
         initial_position: The chains' starting points, `(C, D)`.
+        num_groups: The chains form this many equal, contiguous blocks, each with
+            its own target (e.g. one per observation); the warmup pools the
+            chains of a block.
     """
 
-    def __init__(self, log_density: LogDensity, initial_position: Tensor):
+    def __init__(
+        self, log_density: LogDensity, initial_position: Tensor, num_groups: int = 1
+    ):
         if initial_position.dim() != 2:
             raise ValueError(
                 "`initial_position` must have shape (num_chains, D), got "
                 f"{tuple(initial_position.shape)}."
             )
+        if num_groups < 1 or len(initial_position) % num_groups:
+            raise ValueError(
+                f"`num_groups` must divide the {len(initial_position)} chains, got "
+                f"{num_groups}."
+            )
+        self.num_groups = num_groups
         self.log_density = log_density
         self._initial_position = initial_position
         self.transforms: dict = {}  # the chains already live where they are sampled
         self.state: ChainState | None = None
+
+    def _per_chain(self, values: Tensor) -> Tensor:
+        r"""Each group's value `(G, *)` repeated for its chains, `(C, *)`."""
+        per_group = len(self._initial_position) // self.num_groups
+        return values.repeat_interleave(per_group, dim=0)
 
     @property
     def initial_params(self) -> dict[str, Tensor]:

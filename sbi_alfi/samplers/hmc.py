@@ -2,56 +2,82 @@ r"""Hamiltonian Monte Carlo with all chains as one batch."""
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Literal, NamedTuple
 
 import torch
 from pyro.ops.integrator import velocity_verlet
 from torch import Tensor
 
-from .adaptation import PooledMoments, StepSizeAdaptation, warmup_windows
+from .adaptation import (
+    PooledMoments,
+    StepSizeAdaptation,
+    TrajectoryLengthAdaptation,
+    chees_gradient,
+    group_mean,
+    warmup_windows,
+)
 from .base import VectorizedKernel
 from .state import ChainState, LogDensity, init_state
 
-__all__ = ["VectorizedHMC", "hmc_step"]
+__all__ = ["HMCInfo", "VectorizedHMC", "hmc_step"]
 
 # An energy error above this marks a divergent trajectory (Pyro's and Stan's value).
 MAX_ENERGY_ERROR = 1000.0
+
+
+class HMCInfo(NamedTuple):
+    r"""What one transition tells the adaptation, per chain."""
+
+    accept_prob: Tensor  #: `(C,)`
+    divergent: Tensor  #: `(C,)`, energy error above 1000 or not finite
+    proposal: Tensor  #: the trajectory's end, `(C, D)`
+    velocity: Tensor  #: :math:`M^{-1} r` at the end, `(C, D)`
 
 
 def hmc_step(
     state: ChainState,
     log_density: LogDensity,
     step_size: Tensor,
-    num_steps: int,
+    num_steps: Tensor,
     inverse_mass: Tensor,
-) -> tuple[ChainState, Tensor, Tensor]:
+) -> tuple[ChainState, HMCInfo]:
     r"""One HMC transition of every chain: momenta :math:`r \sim \mathcal{N}(0,
-    M)`, `num_steps` leapfrog steps of per-chain sizes `step_size` (`(C,)`) by
-    Pyro's velocity Verlet integrator, then a per-chain accept/reject on the energy
+    M)`, `num_steps[c]` leapfrog steps of size `step_size[c]` by Pyro's velocity
+    Verlet integrator, then a per-chain accept/reject on the energy
     :math:`H = -\log p(\theta) + \frac12 r^\top M^{-1} r`.
+
+    Chains with fewer steps than the longest stand still for the rest (their step
+    size becomes 0), so every chain is one row of the same batched calls.
 
     Arguments:
         state: The chains' state, with gradients.
         log_density: Maps positions `(C, D)` to log-densities `(C,)`.
         step_size: The leapfrog step sizes, `(C,)`.
-        num_steps: The number of leapfrog steps.
-        inverse_mass: :math:`M^{-1}`, diagonal `(D,)` or dense `(D, D)`.
+        num_steps: The numbers of leapfrog steps, `(C,)`.
+        inverse_mass: :math:`M^{-1}` per chain, diagonal `(C, D)` or dense
+            `(C, D, D)`.
 
     Returns:
-        The new state, the acceptance probabilities `(C,)` and the divergent
-        trajectories `(C,)` (energy error above 1000 or not finite; rejected).
+        The new state and the transition's :class:`HMCInfo` (divergent
+        trajectories are rejected).
     """
-    dense = inverse_mass.dim() == 2
+    dense = inverse_mass.dim() == 3
     eps = torch.randn_like(state.position)
     if dense:  # r = L^{-T} eps with M^{-1} = L L^T has covariance M
         scale_tril = torch.linalg.cholesky(inverse_mass)
-        momentum = torch.linalg.solve_triangular(scale_tril.mT, eps.mT, upper=True).mT
+        momentum = torch.linalg.solve_triangular(
+            scale_tril.mT, eps[..., None], upper=True
+        )[..., 0]
     else:
         momentum = eps / inverse_mass.sqrt()
 
     def kinetic_grad(r: dict[str, Tensor]) -> dict[str, Tensor]:
         v = r["theta"]
-        return {"theta": v @ inverse_mass if dense else v * inverse_mass}
+        return {
+            "theta": (inverse_mass @ v[..., None])[..., 0]
+            if dense
+            else v * inverse_mass
+        }
 
     def kinetic(v: Tensor) -> Tensor:
         return 0.5 * (v * kinetic_grad({"theta": v})["theta"]).sum(-1)
@@ -63,15 +89,14 @@ def hmc_step(
         last["log_density"] = log_density(z["theta"])
         return -last["log_density"].sum()
 
-    z, r, grads, _ = velocity_verlet(
-        {"theta": state.position},
-        {"theta": momentum},
-        potential,
-        kinetic_grad,
-        step_size[:, None],
-        num_steps,
-        {"theta": -state.grad},
-    )
+    z, r, grads = {"theta": state.position}, {"theta": momentum}, {"theta": -state.grad}
+    last["log_density"] = state.log_density
+    for k in range(int(num_steps.max())):
+        moving = torch.where(num_steps > k, step_size, 0.0)
+        z, r, grads, _ = velocity_verlet(
+            z, r, potential, kinetic_grad, moving[:, None], 1, grads
+        )
+    proposal = z["theta"].detach()
     new_log_density = last["log_density"].detach()
     energy_old = -state.log_density + kinetic(momentum)
     energy_new = -new_log_density + kinetic(r["theta"])
@@ -80,40 +105,55 @@ def hmc_step(
     log_alpha = torch.where(divergent, -torch.inf, -delta)
     accept = torch.rand_like(log_alpha).log() < log_alpha
     new = ChainState(
-        torch.where(accept[:, None], z["theta"].detach(), state.position),
+        torch.where(accept[:, None], proposal, state.position),
         torch.where(accept, new_log_density, state.log_density),
         torch.where(accept[:, None], -grads["theta"].detach(), state.grad),
     )
-    return new, log_alpha.clamp(max=0).exp(), divergent
+    velocity = kinetic_grad({"theta": r["theta"].detach()})["theta"]
+    return new, HMCInfo(log_alpha.clamp(max=0).exp(), divergent, proposal, velocity)
 
 
 class VectorizedHMC(VectorizedKernel):
     r"""Hamiltonian Monte Carlo for `C` chains stepped together, as a Pyro
-    :class:`~pyro.infer.mcmc.mcmc_kernel.MCMCKernel`.
+    :class:`~pyro.infer.mcmc.mcmc_kernel.MCMCKernel`, with ChEES adaptation of the
+    trajectory length.
 
     The potential :math:`U(\theta) = -\log p(\theta)` and its gradient come from
-    one batched call for all chains. During warmup each chain's step size is
-    tuned by dual averaging towards `target_accept`, and the inverse mass matrix
-    :math:`M^{-1}` (diagonal or dense) is set, in Stan's windows, to the
-    covariance pooled over all chains. The trajectory length
-    :math:`L = \epsilon \times` `num_steps` is jittered by drawing each chain's
-    step size uniformly in :math:`[(1 - j) \epsilon, (1 + j) \epsilon]` at every
-    transition, which avoids the periodicities of a fixed length.
+    one batched call for all chains. The chains form `num_groups` equal blocks,
+    each with its own target; within a block, the warmup pools its chains to tune
+
+    - the step size :math:`\epsilon`, by dual averaging of the block's mean
+      acceptance probability towards `target_accept`;
+    - the inverse mass matrix :math:`M^{-1}` (diagonal or dense), in Stan's
+      windows, to the block's pooled covariance;
+    - the trajectory length :math:`T`, by Adam ascent on the ChEES criterion
+      :math:`\frac14 \mathbb{E}[(\|\theta' - \mathbb{E}\theta\|^2 -
+      \|\theta - \mathbb{E}\theta\|^2)^2]`, the change in squared distance
+      from the mean that a transition makes (Hoffman et al., 2021).
+
+    Each transition runs :math:`\lceil u T / \epsilon \rceil` leapfrog steps with
+    :math:`u \in (0, 1]` from a scrambled Sobol sequence, shared by the chains;
+    the jitter avoids the periodicities of a fixed length.
 
     References:
         | MCMC using Hamiltonian dynamics (Neal, 2011)
         | https://arxiv.org/abs/1206.1901
 
+        | An Adaptive-MCMC Scheme for Setting Trajectory Lengths in Hamiltonian
+        | Monte Carlo (Hoffman et al., 2021) https://proceedings.mlr.press/v130/hoffman21a
+
     Arguments:
         log_density: Maps positions `(C, D)` to log-densities `(C,)`, differentiable.
         initial_position: The chains' starting points, `(C, D)`.
         step_size: The initial leapfrog step size.
-        num_steps: The number of leapfrog steps per transition.
+        num_steps: The initial trajectory length, in steps of `step_size`.
         target_accept: The acceptance probability the warmup aims for.
         mass_matrix: `"diag"` or `"dense"` adaptation of :math:`M^{-1}`, or
             `"identity"`.
-        jitter: The relative jitter :math:`j` of the step sizes.
         adapt_step_size: Whether the warmup tunes the step sizes.
+        adapt_trajectory_length: Whether the warmup tunes the trajectory length.
+        max_num_steps: The most leapfrog steps in one transition.
+        num_groups: The number of blocks of chains with separate targets.
 
     Example:
         >>> import torch
@@ -136,99 +176,136 @@ class VectorizedHMC(VectorizedKernel):
         num_steps: int = 10,
         target_accept: float = 0.8,
         mass_matrix: Literal["diag", "dense", "identity"] = "diag",
-        jitter: float = 0.2,
         adapt_step_size: bool = True,
+        adapt_trajectory_length: bool = True,
+        max_num_steps: int = 100,
+        num_groups: int = 1,
     ):
-        super().__init__(log_density, initial_position)
+        super().__init__(log_density, initial_position, num_groups)
         if mass_matrix not in ("diag", "dense", "identity"):
             raise ValueError(
                 "`mass_matrix` must be 'diag', 'dense' or 'identity', got "
                 f"{mass_matrix!r}."
             )
-        if step_size <= 0 or num_steps < 1 or not 0 <= jitter < 1:
+        if step_size <= 0 or not 1 <= num_steps <= max_num_steps:
             raise ValueError(
-                "Need `step_size` > 0, `num_steps` >= 1 and 0 <= `jitter` < 1, got "
-                f"{step_size}, {num_steps} and {jitter}."
+                "Need `step_size` > 0 and 1 <= `num_steps` <= `max_num_steps`, got "
+                f"{step_size}, {num_steps} and {max_num_steps}."
             )
+        if not 0 < target_accept < 1:
+            raise ValueError(f"`target_accept` must be in (0, 1), got {target_accept}.")
         self.initial_step_size = step_size
         self.num_steps = num_steps
         self.target_accept = target_accept
         self.mass_matrix = mass_matrix
-        self.jitter = jitter
         self.adapt_step_size = adapt_step_size
+        self.adapt_trajectory_length = adapt_trajectory_length
+        self.max_num_steps = max_num_steps
 
     def setup(self, warmup_steps: int, *args, **kwargs) -> None:
         position = self._initial_position
         num_chains, dim = position.shape
+        groups = self.num_groups
         self.state = init_state(self.log_density, position, grad=True)
         self._warmup_steps = warmup_steps
         self._windows = (
             warmup_windows(warmup_steps) if self.mass_matrix != "identity" else []
         )
         self._t = 0
-        self.inverse_mass = torch.ones(
-            dim, dtype=position.dtype, device=position.device
-        )
+        inverse_mass = position.new_ones(groups, dim)
         if self.mass_matrix == "dense":
-            self.inverse_mass = torch.diag(self.inverse_mass)
-        step_size = position.new_full((num_chains,), self.initial_step_size)
-        self.adaptation = StepSizeAdaptation(step_size, self.target_accept)
-        self.step_size = step_size
-        self._moments = PooledMoments(dim, position.dtype, position.device)
+            inverse_mass = torch.diag_embed(inverse_mass)
+        self.inverse_mass = inverse_mass  # (G, D) or (G, D, D)
+        self.step_size = position.new_full((groups,), self.initial_step_size)
+        self.step_adaptation = StepSizeAdaptation(self.step_size, self.target_accept)
+        self.trajectory_length = self.step_size * self.num_steps
+        self.length_adaptation = TrajectoryLengthAdaptation(self.trajectory_length)
+        # The jitter comes from torch's generator, so a seeded run repeats.
+        seed = int(torch.randint(2**31, ()))
+        self._sobol = torch.quasirandom.SobolEngine(1, scramble=True, seed=seed)
+        self._moments = PooledMoments(groups, dim, position.dtype, position.device)
         self._accepted = position.new_zeros(num_chains)
         self._divergences = torch.zeros(
             num_chains, dtype=torch.long, device=position.device
         )
+        self._leapfrog_steps = 0
         self._num_sampled = 0
         self._last_accept_prob = position.new_ones(num_chains)
 
     def sample(self, params: dict[str, Tensor]) -> dict[str, Tensor]:
-        jitter = 1 + self.jitter * (2 * torch.rand_like(self.step_size) - 1)
-        self.state, accept_prob, divergent = hmc_step(
-            self.state,
+        u = 1 - self._sobol.draw(1).item()  # in (0, 1]
+        length = u * self.trajectory_length
+        num_steps = (length / self.step_size).ceil().clamp(1, self.max_num_steps)
+        previous = self.state
+        self.state, info = hmc_step(
+            previous,
             self.log_density,
-            self.step_size * jitter,
-            self.num_steps,
-            self.inverse_mass,
+            self._per_chain(self.step_size),
+            self._per_chain(num_steps.long()),
+            self._per_chain(self.inverse_mass),
         )
-        self._last_accept_prob = accept_prob
+        self._last_accept_prob = info.accept_prob
         if self._t < self._warmup_steps:
-            self._adapt(accept_prob)
+            self._adapt(previous, info, self._per_chain(num_steps * self.step_size))
         else:
-            self._accepted += accept_prob
-            self._divergences += divergent
+            self._accepted += info.accept_prob
+            self._divergences += info.divergent
+            self._leapfrog_steps += int(num_steps.max())
             self._num_sampled += 1
         self._t += 1
         return {"theta": self.state.position}
 
-    def _adapt(self, accept_prob: Tensor) -> None:
+    def _adapt(self, previous: ChainState, info: HMCInfo, length: Tensor) -> None:
+        groups = self.num_groups
         if self.adapt_step_size:
-            self.step_size = self.adaptation.update(accept_prob)
+            self.step_size = self.step_adaptation.update(
+                group_mean(info.accept_prob, groups)
+            )
+        if self.adapt_trajectory_length:
+            gradient = chees_gradient(
+                previous.position,
+                info.proposal,
+                info.velocity,
+                info.accept_prob,
+                length,
+                groups,
+            )
+            self.trajectory_length = self.length_adaptation.update(gradient)
         t = self._t + 1
         if self._windows:
             self._moments.update(self.state.position)
             if t in self._windows:
                 cov = self._moments.covariance()
                 self.inverse_mass = (
-                    cov if self.mass_matrix == "dense" else cov.diagonal()
+                    cov if self.mass_matrix == "dense" else cov.diagonal(0, -2, -1)
                 )
-                self._moments = PooledMoments(len(cov), cov.dtype, cov.device)
+                self._moments = PooledMoments(
+                    groups, cov.shape[-1], cov.dtype, cov.device
+                )
                 if self.adapt_step_size:
-                    self.adaptation.restart(self.step_size)
-        if t == self._warmup_steps and self.adapt_step_size:
-            self.step_size = self.adaptation.final()
+                    self.step_adaptation.restart(self.step_size)
+                self.length_adaptation.restart()
+        if t == self._warmup_steps:
+            if self.adapt_step_size:
+                self.step_size = self.step_adaptation.final()
+            if self.adapt_trajectory_length:
+                self.trajectory_length = self.length_adaptation.final()
 
     def logging(self) -> dict[str, float]:
         return {
             "step size": round(self.step_size.mean().item(), 4),
+            "length": round(self.trajectory_length.mean().item(), 3),
             "acc. prob": round(self._last_accept_prob.mean().item(), 3),
         }
 
     def diagnostics(self) -> dict[str, Tensor]:
         r"""Per chain, after warmup: the mean acceptance probability, the number of
-        divergent transitions and the step size."""
+        divergent transitions, the step size and the trajectory length; and the
+        mean number of leapfrog steps per transition."""
         return {
             "acceptance_rate": self._accepted / max(self._num_sampled, 1),
             "divergences": self._divergences,
-            "step_size": self.step_size,
+            "step_size": self._per_chain(self.step_size),
+            "trajectory_length": self._per_chain(self.trajectory_length),
+            "num_steps": torch.tensor(self._leapfrog_steps / max(self._num_sampled, 1)),
         }

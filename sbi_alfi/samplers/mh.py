@@ -6,7 +6,13 @@ import torch
 from torch import Tensor
 from torch.distributions import Distribution
 
-from .adaptation import PooledMoments, StepSizeAdaptation, initial_scale, warmup_windows
+from .adaptation import (
+    PooledMoments,
+    StepSizeAdaptation,
+    group_mean,
+    initial_scale,
+    warmup_windows,
+)
 from .base import VectorizedKernel
 from .state import ChainState, LogDensity, checked, init_state
 
@@ -17,14 +23,14 @@ def random_walk_step(
     state: ChainState, log_density: LogDensity, scale: Tensor, scale_tril: Tensor
 ) -> tuple[ChainState, Tensor]:
     r"""One Gaussian random-walk Metropolis step of every chain,
-    :math:`\theta' = \theta + s_c L \epsilon`, with per-chain scales `scale` (`(C,)`)
-    and a shared Cholesky factor `scale_tril` (`(D, D)`).
+    :math:`\theta' = \theta + s_c L_c \epsilon`, with per-chain scales `scale`
+    (`(C,)`) and Cholesky factors `scale_tril` (`(C, D, D)`).
 
     Returns:
         The new state and the acceptance probabilities, `(C,)`.
     """
     eps = torch.randn_like(state.position)
-    proposal = state.position + scale[:, None] * (eps @ scale_tril.mT)
+    proposal = state.position + scale[:, None] * (scale_tril @ eps[..., None])[..., 0]
     return _accept(state, proposal, checked(log_density, proposal), 0.0)
 
 
@@ -56,11 +62,12 @@ class VectorizedMH(VectorizedKernel):
     r"""Metropolis–Hastings for `C` chains stepped together, as a Pyro
     :class:`~pyro.infer.mcmc.mcmc_kernel.MCMCKernel`.
 
-    With the default random-walk proposal :math:`\theta' = \theta + s_c L
-    \epsilon`, the warmup tunes each chain's scale :math:`s_c` by dual averaging
-    towards `target_accept` (the chains then share the geometric mean of the
-    tuned scales) and the shared :math:`L` to the Cholesky factor of the
-    covariance pooled over all chains. With a `proposal` distribution :math:`q`
+    With the default random-walk proposal :math:`\theta' = \theta + s L
+    \epsilon`, the warmup tunes the scale :math:`s` by dual averaging of the
+    chains' mean acceptance probability towards `target_accept`, and :math:`L` to
+    the Cholesky factor of the covariance pooled over the chains, in Stan's
+    windows. With `num_groups` blocks of chains (one target each), each block is
+    tuned on its own. With a `proposal` distribution :math:`q`
     (e.g. an ALFI posterior's Gaussian, in the same space), the kernel is an
     independence sampler and nothing is tuned.
 
@@ -76,6 +83,7 @@ class VectorizedMH(VectorizedKernel):
         initial_position: The chains' starting points, `(C, D)`.
         proposal: An independence proposal; the adaptive random walk when `None`.
         target_accept: The acceptance probability the warmup aims for.
+        num_groups: The number of blocks of chains with separate targets.
 
     Example:
         >>> import torch
@@ -96,28 +104,28 @@ class VectorizedMH(VectorizedKernel):
         initial_position: Tensor,
         proposal: Distribution | None = None,
         target_accept: float = 0.234,
+        num_groups: int = 1,
     ):
-        super().__init__(log_density, initial_position)
+        super().__init__(log_density, initial_position, num_groups)
         self.proposal = proposal
         self.target_accept = target_accept
 
     def setup(self, warmup_steps: int, *args, **kwargs) -> None:
         position = self._initial_position
         num_chains, dim = position.shape
+        groups = self.num_groups
         self.state = init_state(self.log_density, position)
         self._warmup_steps = warmup_steps
         self._windows = warmup_windows(warmup_steps)
         self._t = 0
-        self.scale_tril = torch.eye(dim, dtype=position.dtype, device=position.device)
-        scale = torch.full((num_chains,), initial_scale(dim), dtype=position.dtype)
-        self.adaptation = StepSizeAdaptation(
-            scale.to(position.device), self.target_accept
-        )
-        self.scale = self.adaptation.step_size
-        self._moments = PooledMoments(dim, position.dtype, position.device)
-        self._accepted = torch.zeros(num_chains, device=position.device)
+        eye = torch.eye(dim, dtype=position.dtype, device=position.device)
+        self.scale_tril = eye.expand(groups, dim, dim)
+        self.scale = position.new_full((groups,), initial_scale(dim))
+        self.adaptation = StepSizeAdaptation(self.scale, self.target_accept)
+        self._moments = PooledMoments(groups, dim, position.dtype, position.device)
+        self._accepted = position.new_zeros(num_chains)
         self._num_sampled = 0
-        self._last_accept_prob = torch.ones(num_chains, device=position.device)
+        self._last_accept_prob = position.new_ones(num_chains)
 
     def sample(self, params: dict[str, Tensor]) -> dict[str, Tensor]:
         if self.proposal is not None:
@@ -126,7 +134,10 @@ class VectorizedMH(VectorizedKernel):
             )
         else:
             self.state, accept_prob = random_walk_step(
-                self.state, self.log_density, self.scale, self.scale_tril
+                self.state,
+                self.log_density,
+                self._per_chain(self.scale),
+                self._per_chain(self.scale_tril),
             )
         self._last_accept_prob = accept_prob
         if self._t < self._warmup_steps:
@@ -140,22 +151,20 @@ class VectorizedMH(VectorizedKernel):
     def _adapt(self, accept_prob: Tensor) -> None:
         if self.proposal is not None:
             return
-        self.scale = self.adaptation.update(accept_prob)
+        self.scale = self.adaptation.update(group_mean(accept_prob, self.num_groups))
         self._moments.update(self.state.position)
         t = self._t + 1
         if t in self._windows:
             cov = self._moments.covariance()
             self.scale_tril = torch.linalg.cholesky(cov)
-            self._moments = PooledMoments(len(cov), cov.dtype, cov.device)
+            self._moments = PooledMoments(
+                self.num_groups, cov.shape[-1], cov.dtype, cov.device
+            )
             self.adaptation.restart(
-                self.scale.new_full(self.scale.shape, initial_scale(len(cov)))
+                torch.full_like(self.scale, initial_scale(cov.shape[-1]))
             )
         if t == self._warmup_steps:
-            # The chains share the final scale (the geometric mean of theirs): one
-            # chain's estimate, from a few hundred accept/reject decisions, is noisy.
-            self.scale = (
-                self.adaptation.final().log().mean().exp().expand_as(self.scale)
-            )
+            self.scale = self.adaptation.final()
 
     def logging(self) -> dict[str, float]:
         return {
@@ -167,5 +176,5 @@ class VectorizedMH(VectorizedKernel):
         r"""Per chain: the mean acceptance probability after warmup and the scale."""
         return {
             "acceptance_rate": self._accepted / max(self._num_sampled, 1),
-            "step_size": self.scale,
+            "step_size": self._per_chain(self.scale),
         }
