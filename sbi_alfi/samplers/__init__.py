@@ -4,6 +4,7 @@ interface (`setup`, `sample`, `logging`, `diagnostics`), so they run under
 warmup adaptation, kept apart as in blackjax."""
 
 from .hmc import VectorizedHMC, hmc_step
+from .importance import importance_resample
 from .mh import VectorizedMH, independence_step, random_walk_step
 from .state import ChainState, init_state
 
@@ -12,6 +13,7 @@ __all__ = [
     "VectorizedHMC",
     "VectorizedMH",
     "hmc_step",
+    "importance_resample",
     "independence_step",
     "init_state",
     "random_walk_step",

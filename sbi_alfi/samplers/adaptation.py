@@ -52,10 +52,14 @@ class PooledMoments:
     def __init__(self, groups: int, dim: int, dtype: torch.dtype, device):
         self.groups = groups
         self.count = 0
+        self.steps = 0
+        self.chain_sum: Tensor | float = 0.0  # (C, D) after an update
         self.sum = torch.zeros(groups, dim, dtype=dtype, device=device)
         self.outer = torch.zeros(groups, dim, dim, dtype=dtype, device=device)
 
     def update(self, position: Tensor) -> None:
+        self.steps += 1
+        self.chain_sum = self.chain_sum + position
         position = position.reshape(self.groups, -1, position.shape[-1])
         self.count += position.shape[1]
         self.sum += position.sum(1)
@@ -70,6 +74,10 @@ class PooledMoments:
         shrink = n / (n + 5.0)
         eye = torch.eye(mean.shape[-1], dtype=cov.dtype, device=cov.device)
         return shrink * cov + (1 - shrink) * regularize * eye
+
+    def chain_means(self) -> Tensor:
+        r"""Each chain's own mean position, `(C, D)`."""
+        return self.chain_sum / self.steps
 
 
 class StepSizeAdaptation:
@@ -105,6 +113,7 @@ def chees_gradient(
     accept_prob: Tensor,
     trajectory_length: Tensor,
     groups: int,
+    center: Tensor | None = None,
 ) -> Tensor:
     r"""The ChEES criterion's gradient with respect to the log trajectory length,
     one per group (Hoffman, Radul and Sountsov, 2021):
@@ -118,10 +127,18 @@ def chees_gradient(
     velocity :math:`v' = M^{-1} r'` and jittered length :math:`t`, averaged over
     the group's chains with the acceptance probabilities as weights.
 
+    The means :math:`\bar\theta, \bar\theta'` are the group's, as in the paper,
+    unless each chain's own `center` is given. On a multimodal target the chains
+    sit in different modes, and distances to the group's mean ask for
+    trajectories that cross between modes, which they cannot: the length grows
+    without bound. Centering each chain on its own recent mean measures the
+    spread of the mode it explores.
+
     Arguments:
         position, proposal, velocity: `(C, D)`.
         accept_prob, trajectory_length: `(C,)`.
         groups: The number of groups `G`.
+        center: Each chain's center, `(C, D)`, or `None`.
     """
     finite = torch.isfinite(proposal).all(-1) & torch.isfinite(velocity).all(-1)
     weight = torch.where(finite, accept_prob, 0.0).reshape(groups, -1, 1)
@@ -129,11 +146,14 @@ def chees_gradient(
     proposal = torch.where(finite[:, None], proposal, 0.0).reshape(shape)
     velocity = torch.where(finite[:, None], velocity, 0.0).reshape(proposal.shape)
     position = position.reshape(proposal.shape)
-    centered = position - position.mean(1, keepdim=True)
     weights_sum = weight.sum(1, keepdim=True).clamp(min=1e-12)
-    proposal_centered = (
-        proposal - (weight * proposal).sum(1, keepdim=True) / weights_sum
-    )
+    if center is None:
+        centered = position - position.mean(1, keepdim=True)
+        proposal_mean = (weight * proposal).sum(1, keepdim=True) / weights_sum
+        proposal_centered = proposal - proposal_mean
+    else:
+        centered = position - center.reshape(shape)
+        proposal_centered = proposal - center.reshape(shape)
     change = proposal_centered.square().sum(-1) - centered.square().sum(-1)
     gradient = change * (proposal_centered * velocity).sum(-1)
     gradient = gradient * trajectory_length.reshape(groups, -1)

@@ -85,8 +85,13 @@ def hmc_step(
     last: dict[str, Tensor] = {}
 
     def potential(z: dict[str, Tensor]) -> Tensor:
+        # A diverging trajectory can leave the reals; its density is zero (the
+        # chain is rejected) and the log-density never sees it.
+        position = z["theta"]
+        finite = torch.isfinite(position).all(-1)
+        value = log_density(torch.where(finite[:, None], position, 0.0))
+        last["log_density"] = torch.where(finite, value, -torch.inf)
         # The chains are independent: the gradient of the sum is each one's own.
-        last["log_density"] = log_density(z["theta"])
         return -last["log_density"].sum()
 
     z, r, grads = {"theta": state.position}, {"theta": momentum}, {"theta": -state.grad}
@@ -224,6 +229,7 @@ class VectorizedHMC(VectorizedKernel):
         seed = int(torch.randint(2**31, ()))
         self._sobol = torch.quasirandom.SobolEngine(1, scramble=True, seed=seed)
         self._moments = PooledMoments(groups, dim, position.dtype, position.device)
+        self._center: Tensor | None = None  # each chain's mean in the last window
         self._accepted = position.new_zeros(num_chains)
         self._divergences = torch.zeros(
             num_chains, dtype=torch.long, device=position.device
@@ -269,6 +275,7 @@ class VectorizedHMC(VectorizedKernel):
                 info.accept_prob,
                 length,
                 groups,
+                self._center,
             )
             self.trajectory_length = self.length_adaptation.update(gradient)
         t = self._t + 1
@@ -276,6 +283,7 @@ class VectorizedHMC(VectorizedKernel):
             self._moments.update(self.state.position)
             if t in self._windows:
                 cov = self._moments.covariance()
+                self._center = self._moments.chain_means()
                 self.inverse_mass = (
                     cov if self.mass_matrix == "dense" else cov.diagonal(0, -2, -1)
                 )

@@ -99,11 +99,14 @@ def _moments(theta: Tensor) -> tuple[Tensor, Tensor]:
     :math:`\Sigma`, of shape `(*, 2, 2)`."""
     s1, s2 = theta[..., 2].square(), theta[..., 3].square()
     rho = theta[..., 4].tanh()
+    # sqrt(1 - tanh^2) = 1 / cosh: the subtraction is 0 in float32 from |θ5| ≈ 9
+    # (a singular Σ, NaN densities), the quotient stays positive up to |θ5| ≈ 89.
+    sech = 1 / theta[..., 4].cosh()
     zero = torch.zeros_like(s1)
     scale_tril = torch.stack(
         [
             torch.stack([s1, zero], -1),
-            torch.stack([rho * s2, (1 - rho**2).sqrt() * s2], -1),
+            torch.stack([rho * s2, sech * s2], -1),
         ],
         -2,
     )
