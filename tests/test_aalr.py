@@ -233,6 +233,18 @@ def test_bad_input():
         posterior.sample((10,))
 
 
+def test_estimator_shapes_are_checked_against_the_prior_and_x():
+    from sbi.neural_nets import classifier_nn
+
+    net = classifier_nn("mlp")(torch.zeros(10, 3), torch.zeros(10, 4))  # θ 3, x 4
+    with pytest.raises(ValueError, match=r"takes theta of shape \(3,\), but the prior"):
+        RatioMCMCPosterior(net, prior_of("box"))
+    prior = BoxUniform(-torch.ones(3), torch.ones(3))
+    posterior = RatioMCMCPosterior(net, prior, show_progress_bars=False)
+    with pytest.raises(ValueError, match=r"takes x of shape \(n, 4\).*got \(1, 2\)"):
+        posterior.sample((10,), x=torch.zeros(1, 2))
+
+
 # The AALR trainer
 
 

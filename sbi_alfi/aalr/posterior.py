@@ -121,6 +121,13 @@ class RatioMCMCPosterior(CheckedPosterior):
                 f"{init_strategy!r}."
             )
         prior, _, _ = process_prior(prior)  # log_prob is -inf off the support
+        theta_shape = getattr(estimator, "theta_shape", None)  # sbi's estimators
+        prior_shape = prior.event_shape or prior.sample().shape
+        if theta_shape is not None and tuple(theta_shape) != tuple(prior_shape):
+            raise ValueError(
+                f"The ratio estimator takes theta of shape {tuple(theta_shape)}, but "
+                f"the prior's theta has shape {tuple(prior_shape)}."
+            )
         if device is None:
             parameter = next(iter(getattr(estimator, "parameters", list)()), None)
             device = parameter.device if parameter is not None else "cpu"
@@ -160,6 +167,12 @@ class RatioMCMCPosterior(CheckedPosterior):
             bad = ~torch.isfinite(x.reshape(len(x), -1)).all(-1)
             raise ValueError(
                 f"`x` has NaN or inf in {int(bad.sum())} of {len(x)} observations."
+            )
+        x_shape = getattr(self.estimator, "x_shape", None)  # sbi's estimators
+        if x_shape is not None and tuple(x.shape[1:]) != tuple(x_shape):
+            raise ValueError(
+                f"The ratio estimator takes x of shape (n, {_shape(x_shape)}) "
+                f"(n i.i.d. observations), got {tuple(x.shape)}."
             )
         theta = self.prior.sample((2,)).to(self._device)
         try:
@@ -387,6 +400,10 @@ class RatioMCMCPosterior(CheckedPosterior):
             f"RatioMCMCPosterior(method={self.method!r}, num_chains={self.num_chains}, "
             f"warmup_steps={self.warmup_steps}, thin={self.thin})"
         )
+
+
+def _shape(shape) -> str:
+    return ", ".join(str(n) for n in shape)
 
 
 class _RatioPotential(RatioBasedPotential):
