@@ -125,7 +125,11 @@ def alfi_weinberg(output: Path, quick: bool = False) -> tuple[list[Path], str]:
 
 
 AALR_BUDGET = {
-    "full": {"num_simulations": 50_000, "max_num_epochs": 200, "num_proposals": 10**7},
+    "full": {
+        "num_simulations": 20_000,
+        "max_num_epochs": 100,
+        "num_proposals": 3 * 10**7,
+    },
     "quick": {"num_simulations": 1_000, "max_num_epochs": 2, "num_proposals": 10**5},
 }
 
@@ -167,8 +171,8 @@ def aalr_slcp(output: Path, quick: bool = False) -> tuple[list[Path], str]:
         upper="contour",
     )
     fig.suptitle(
-        "AALR on SLCP: posterior draws by hmc_vectorized (orange) against exact "
-        "draws (blue); the cross is θ*"
+        "AALR on SLCP: posterior draws by hmc_vectorized (green) against exact "
+        "draws (blue); θ* in orange"
     )
     path = output / "aalr_slcp.png"
     fig.savefig(path, dpi=100)

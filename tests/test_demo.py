@@ -12,11 +12,11 @@ PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 def test_demo_writes_its_figures(tmp_path, capsys):
     output = main(["--output", str(tmp_path / "out"), "--quick"])
-    for name in ("poisson.png", "weinberg.png", "alfi_weinberg.png"):
+    for name in ("poisson.png", "weinberg.png", "alfi_weinberg.png", "aalr_slcp.png"):
         assert (output / name).read_bytes().startswith(PNG_MAGIC)
     printed = capsys.readouterr().out
     assert str(output.resolve()) in printed and "exact MLE" in printed
-    assert "ALFI on Weinberg" in printed
+    assert "ALFI on Weinberg" in printed and "AALR on SLCP" in printed
 
 
 def test_plot_data_fit_overlays_the_observed_data():
