@@ -1,5 +1,6 @@
 r"""Checks that tell a user whether to trust a result."""
 
+from .coverage import Coverage, expected_coverage
 from .mcmc import convergence
 
-__all__ = ["convergence"]
+__all__ = ["Coverage", "convergence", "expected_coverage"]
