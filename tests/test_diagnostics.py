@@ -4,9 +4,10 @@ import pytest
 import torch
 from sbi.utils import BoxUniform
 from torch import nn
+from torch.distributions import MultivariateNormal, Normal
 
 from sbi_alfi import RatioMCMCPosterior
-from sbi_alfi.diagnostics import expected_coverage
+from sbi_alfi.diagnostics import expected_coverage, ratio_normalization
 
 NOISE = 0.5  # x | theta ~ N(theta, NOISE^2)
 
@@ -76,3 +77,53 @@ def test_coverage_rejects_bad_input():
         expected_coverage(posterior, torch.zeros(5, 1), torch.zeros(4, 1))
     with pytest.raises(ValueError, match=r"`levels` must lie in \(0, 1\)"):
         expected_coverage(posterior, torch.zeros(5, 1), torch.zeros(5, 1), [0.5, 1])
+
+
+# The ratio's normalization, with theta ~ N(0, 1) and x | theta ~ N(theta, NOISE^2):
+# p(x) = N(0, 1 + NOISE^2), so the exact log-ratio is known.
+GAUSSIAN_PRIOR = MultivariateNormal(torch.zeros(1), torch.eye(1))
+
+
+def gaussian_simulator(theta):
+    return theta + NOISE * torch.randn_like(theta)
+
+
+def exact_log_ratio(theta, x):
+    evidence = Normal(0.0, (1 + NOISE**2) ** 0.5)
+    return (Normal(theta, NOISE).log_prob(x) - evidence.log_prob(x)).sum(-1)
+
+
+@pytest.mark.parametrize(
+    "name, log_ratio, expected",
+    [
+        ("exact", exact_log_ratio, 1.0),
+        # Shifted by 0.5: every ratio is e^0.5 too large.
+        ("shifted", lambda t, x: exact_log_ratio(t, x) + 0.5, 1.6487),
+        # Doubled: E[r^2] under p(theta)p(x) is far above 1, but r^2 is so
+        # heavy-tailed that its Monte Carlo estimate is not tested for a value.
+        ("doubled", lambda t, x: 2 * exact_log_ratio(t, x), None),
+    ],
+)
+def test_ratio_normalization(name, log_ratio, expected):
+    torch.manual_seed(0)
+    value, error = ratio_normalization(
+        log_ratio, GAUSSIAN_PRIOR, gaussian_simulator, num_simulations=200_000
+    )
+    if expected is not None:
+        assert abs(value - expected) < 3 * error
+    if name == "exact":
+        assert abs(value - 1) < 2 * error
+    else:
+        assert value - 1 > 10 * error
+
+
+def test_ratio_normalization_rejects_bad_input():
+    with pytest.raises(ValueError, match="at least 2"):
+        ratio_normalization(exact_log_ratio, GAUSSIAN_PRIOR, gaussian_simulator, 1)
+    with pytest.raises(ValueError, match="returned NaN"):
+        ratio_normalization(
+            lambda t, x: torch.full((len(t),), torch.nan),
+            GAUSSIAN_PRIOR,
+            gaussian_simulator,
+            100,
+        )
