@@ -7,7 +7,11 @@ from torch import nn
 from torch.distributions import MultivariateNormal, Normal
 
 from sbi_alfi import RatioMCMCPosterior
-from sbi_alfi.diagnostics import expected_coverage, ratio_normalization
+from sbi_alfi.diagnostics import (
+    expected_coverage,
+    ratio_normalization,
+    ratio_roc_auc,
+)
 
 NOISE = 0.5  # x | theta ~ N(theta, NOISE^2)
 
@@ -126,4 +130,38 @@ def test_ratio_normalization_rejects_bad_input():
             GAUSSIAN_PRIOR,
             gaussian_simulator,
             100,
+        )
+
+
+@pytest.mark.parametrize(
+    "name, log_ratio",
+    [
+        ("exact", exact_log_ratio),
+        ("doubled", lambda t, x: 2 * exact_log_ratio(t, x)),
+        ("shifted in theta", lambda t, x: exact_log_ratio(t + 0.5, x)),
+    ],
+)
+def test_ratio_roc_auc(name, log_ratio):
+    # In 3-D: a doubled log-ratio narrows each coordinate's width by sqrt(2),
+    # which even the optimal classifier only detects with an AUC of 0.61 in 1-D.
+    torch.manual_seed(0)
+    prior = MultivariateNormal(torch.zeros(3), torch.eye(3))
+    theta = torch.tensor([[-1.5, 0.5, 0.0], [0.0, 0.0, 0.0], [1.0, -1.0, 0.5]])
+    roc = ratio_roc_auc(
+        log_ratio, prior, gaussian_simulator, theta, num_simulations=4_000
+    )
+    assert roc.auc.shape == (3,) and torch.equal(roc.theta, theta)
+    assert len(roc.false_positive_rate) == len(roc.true_positive_rate) == 3
+    if name == "exact":
+        assert (roc.auc <= 0.55).all()
+    else:
+        assert (roc.auc > 0.6).all()
+
+
+def test_ratio_roc_auc_rejects_bad_input():
+    with pytest.raises(ValueError, match="at least 100"):
+        ratio_roc_auc(exact_log_ratio, GAUSSIAN_PRIOR, gaussian_simulator, None, 2, 50)
+    with pytest.raises(ValueError, match=r"shape \(K, D\)"):
+        ratio_roc_auc(
+            exact_log_ratio, GAUSSIAN_PRIOR, gaussian_simulator, torch.zeros(3)
         )

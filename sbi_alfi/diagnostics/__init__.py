@@ -2,12 +2,14 @@ r"""Checks that tell a user whether to trust a result."""
 
 from .coverage import Coverage, expected_coverage
 from .mcmc import convergence
-from .ratio import Normalization, ratio_normalization
+from .ratio import ROC, Normalization, ratio_normalization, ratio_roc_auc
 
 __all__ = [
+    "ROC",
     "Coverage",
     "Normalization",
     "convergence",
     "expected_coverage",
     "ratio_normalization",
+    "ratio_roc_auc",
 ]

@@ -7,10 +7,12 @@ from collections.abc import Callable
 from typing import NamedTuple
 
 import torch
+from sklearn.ensemble import HistGradientBoostingClassifier
+from sklearn.metrics import roc_auc_score, roc_curve
 from torch import Tensor
 from torch.distributions import Distribution
 
-__all__ = ["Normalization", "ratio_normalization"]
+__all__ = ["ROC", "Normalization", "ratio_normalization", "ratio_roc_auc"]
 
 
 class Normalization(NamedTuple):
@@ -84,3 +86,111 @@ def ratio_normalization(
     return Normalization(
         ratio.mean().item(), ratio.std().item() / math.sqrt(num_simulations)
     )
+
+
+class ROC(NamedTuple):
+    r"""The ROC diagnostic at each tested parameter."""
+
+    theta: Tensor  #: the tested parameters, `(K, D)`
+    auc: Tensor  #: the weighted ROC AUC at each, `(K,)`; 0.5 when the ratio is right
+    false_positive_rate: list[Tensor]  #: the ROC curve at each parameter
+    true_positive_rate: list[Tensor]
+
+
+# Fewer simulations per class leave the classifier's AUC too noisy to read.
+MIN_SIMULATIONS = 100
+
+
+@torch.no_grad()
+def ratio_roc_auc(
+    estimator: Callable[[Tensor, Tensor], Tensor],
+    prior: Distribution,
+    simulator: Callable[[Tensor], Tensor],
+    theta: Tensor | None = None,
+    num_theta: int = 10,
+    num_simulations: int = 2_000,
+    marginal_factor: int = 10,
+    seed: int = 0,
+) -> ROC:
+    r"""The ROC diagnostic of the AALR paper (Hermans et al., 2020).
+
+    At each :math:`\theta`, a fresh classifier learns to separate
+    :math:`x \sim p(x \mid \theta)` (label 1) from prior-predictive draws
+    :math:`x \sim p(x)` weighted by :math:`\hat r(x \mid \theta)` (label 0,
+    weights normalized to mean 1). If :math:`\hat r = p(x \mid \theta) / p(x)`,
+    the weighted class is :math:`p(x \mid \theta)` itself and no classifier does
+    better than chance: the weighted ROC AUC on held-out data is 0.5. An AUC
+    clearly above 0.5 locates where the ratio is wrong.
+
+    The classifier is scikit-learn's histogram gradient boosting (it takes
+    sample weights; `sbi`'s `c2st` does not). Half of each class trains it,
+    the other half scores it. The weighted class draws `marginal_factor` times
+    more simulations: where :math:`\hat r` is peaked, few prior-predictive draws
+    carry its weight, and a classifier fitted to those few overfits (an AUC
+    below 0.5 is that symptom). The prior-predictive draws are shared by every
+    :math:`\theta`, and all simulations run as one batch.
+
+    Arguments:
+        estimator: Maps `(theta, x)` batches to log-ratios `(B,)` or `(B, 1)`.
+        prior: The prior.
+        simulator: Maps `theta` `(B, D)` to `x` `(B, *x_shape)`.
+        theta: The parameters to test, `(K, D)`; `num_theta` prior draws if `None`.
+        num_theta: How many prior draws to test when `theta` is `None`.
+        num_simulations: Simulations from each :math:`p(x \mid \theta)` (at
+            least 100).
+        marginal_factor: The prior-predictive simulations, per `num_simulations`.
+        seed: The classifiers' seed.
+
+    Returns:
+        A :class:`ROC`.
+
+    Example:
+        >>> import torch
+        >>> from torch.distributions import MultivariateNormal, Normal
+        >>> prior = MultivariateNormal(torch.zeros(1), torch.eye(1))
+        >>> def simulator(theta):
+        ...     return theta + torch.randn_like(theta)
+        >>> def exact(theta, x):  # log N(x; theta, 1) - log N(x; 0, 2)
+        ...     return (Normal(theta, 1).log_prob(x)
+        ...             - Normal(0, 2**0.5).log_prob(x)).sum(-1)
+        >>> roc = ratio_roc_auc(exact, prior, simulator, num_theta=3)
+        >>> bool((roc.auc < 0.56).all())
+        True
+    """
+    if num_simulations < MIN_SIMULATIONS:
+        raise ValueError(
+            f"`num_simulations` must be at least {MIN_SIMULATIONS} for a classifier "
+            f"to be trained and scored, got {num_simulations}."
+        )
+    theta = prior.sample((num_theta,)) if theta is None else torch.as_tensor(theta)
+    if theta.dim() != 2:
+        raise ValueError(f"`theta` must have shape (K, D), got {tuple(theta.shape)}.")
+    k, n, m = len(theta), num_simulations, marginal_factor * num_simulations
+    x_theta = simulator(theta.repeat_interleave(n, dim=0))  # (K * N, *x_shape)
+    x_marginal = simulator(prior.sample((m,)))  # shared by every theta
+    log_ratio = estimator(
+        theta.repeat_interleave(m, dim=0),
+        x_marginal.repeat(k, *[1] * (x_marginal.dim() - 1)),
+    ).reshape(k, m)
+    if torch.isnan(log_ratio).any():
+        raise ValueError("The ratio estimator returned NaN.")
+    # Each class weighs n in total: the marginal's weights are the ratios.
+    weights = torch.softmax(log_ratio.double(), dim=-1) * n
+    x_theta = x_theta.reshape(k, n, -1).double()
+    x_marginal = x_marginal.reshape(m, -1).double()
+    labels = torch.cat([torch.ones(n), torch.zeros(m)]).numpy()
+    train = torch.zeros(n + m, dtype=torch.bool)
+    train[: n // 2] = train[n : n + m // 2] = True
+    train, test = train.numpy(), (~train).numpy()
+    aucs, fprs, tprs = [], [], []
+    for i in range(k):  # one fresh classifier per theta, as the test requires
+        features = torch.cat([x_theta[i], x_marginal]).numpy()
+        w = torch.cat([torch.ones(n, dtype=torch.double), weights[i]]).numpy()
+        classifier = HistGradientBoostingClassifier(random_state=seed)
+        classifier.fit(features[train], labels[train], sample_weight=w[train])
+        score = classifier.predict_proba(features[test])[:, 1]
+        aucs.append(roc_auc_score(labels[test], score, sample_weight=w[test]))
+        fpr, tpr, _ = roc_curve(labels[test], score, sample_weight=w[test])
+        fprs.append(torch.as_tensor(fpr))
+        tprs.append(torch.as_tensor(tpr))
+    return ROC(theta, torch.tensor(aucs), fprs, tprs)
