@@ -73,6 +73,23 @@ def test_miscalibrated_posteriors_leave_the_diagonal(scale, side):
         assert middle.min() > 0 and gap.max() > 0.2
 
 
+def test_coverage_of_sbi_npe_posterior():
+    # Any sbi posterior: NPE on the Gaussian model is close to exact.
+    from sbi.inference import NPE
+
+    torch.manual_seed(0)
+    prior = MultivariateNormal(torch.zeros(2), torch.eye(2))
+    theta = prior.sample((3_000,))
+    inference = NPE(prior, show_progress_bars=False)
+    inference.append_simulations(theta, gaussian_simulator(theta))
+    inference.train(max_num_epochs=30)
+    theta_star = prior.sample((200,))
+    result = expected_coverage(
+        inference.build_posterior(), theta_star, gaussian_simulator(theta_star)
+    )
+    assert (result.coverage - result.levels).abs().max() < 0.12
+
+
 def test_coverage_rejects_bad_input():
     posterior = RatioMCMCPosterior(
         ScaledRatio(), BoxUniform(-torch.ones(1), torch.ones(1))

@@ -102,7 +102,7 @@ def expected_coverage(
         raise ValueError(f"`confidence` must lie in (0, 1), got {confidence}.")
 
     def potential(draws: Tensor, x_i: Tensor) -> Tensor:
-        return posterior.potential(draws, x=x_i.unsqueeze(0))
+        return posterior.potential(draws, x=x_i)
 
     ranks, _ = run_sbc(
         theta,
