@@ -182,3 +182,28 @@ def test_ratio_roc_auc_rejects_bad_input():
         ratio_roc_auc(
             exact_log_ratio, GAUSSIAN_PRIOR, gaussian_simulator, torch.zeros(3)
         )
+
+
+def test_diagnostic_plots_draw_their_curves():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from sbi_alfi.plots import plot_coverage, plot_roc
+
+    torch.manual_seed(0)
+    roc = ratio_roc_auc(
+        exact_log_ratio, GAUSSIAN_PRIOR, gaussian_simulator, num_theta=3
+    )
+    ax = plot_roc(roc, ax=plt.figure().gca())
+    labels = [text.get_text() for text in ax.get_legend().get_texts()]
+    assert len(ax.lines) == 4 and labels[-1] == "chance (exact ratio)"
+    assert labels[0].startswith("θ = (") and f"AUC {roc.auc[0]:.3f}" in labels[0]
+    result = coverage_of(1.0, num_pairs=50)
+    ax = plot_coverage(result, ax=plt.figure().gca(), label="exact")
+    levels, y = ax.lines[0].get_data()
+    assert torch.allclose(torch.as_tensor(y), result.coverage)
+    assert torch.allclose(torch.as_tensor(levels), result.levels)
+    assert len(ax.collections) == 1  # the band
+    plt.close("all")
