@@ -129,10 +129,10 @@ def chees_gradient(
 
     The means :math:`\bar\theta, \bar\theta'` are the group's, as in the paper,
     unless each chain's own `center` is given. On a multimodal target the chains
-    sit in different modes, and distances to the group's mean ask for
-    trajectories that cross between modes, which they cannot: the length grows
-    without bound. Centering each chain on its own recent mean measures the
-    spread of the mode it explores.
+    sit in different modes, and distances to the group's mean reward
+    trajectories that would cross between modes, which they cannot. Centering
+    each chain on its own recent mean measures the spread of the mode it
+    explores.
 
     Arguments:
         position, proposal, velocity: `(C, D)`.
