@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from sbi_alfi.benchmark import TASKS, make_task
+from sbi_alfi.benchmark import METHODS, TASKS, make_task, run_method
 
 
 @pytest.mark.parametrize("name", sorted(TASKS))
@@ -52,3 +52,18 @@ def test_poisson_reference_matches_the_posterior_on_a_grid():
 def test_unknown_task():
     with pytest.raises(ValueError, match="Unknown task 'lotka'"):
         make_task("lotka")
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_every_method_learns_something_on_a_small_budget(method):
+    task = make_task("gaussian_linear")
+    _, x_o = task.observation(seed=0)
+    run = run_method(method, task, num_simulations=1_000, x_o=x_o, num_samples=500)
+    assert run.samples.shape == (500, 5) and run.num_simulations == 1_000
+    assert run.train_seconds > 0 and run.sample_seconds > 0
+    # The exact posterior mean is 0.8 x_o; the prior's is 0. With 1,000
+    # simulations every method must land far closer to the former.
+    exact = task.posterior(x_o).mean
+    assert (run.samples.mean(0) - exact).norm() < 0.5 * exact.norm()
+    with pytest.raises(ValueError, match="Unknown method 'abc'"):
+        run_method("abc", task, 10, x_o)
