@@ -22,20 +22,12 @@ from pathlib import Path
 import torch
 from sbi.inference import NRE_A
 from sbi.utils.metrics import c2st
-from torch.distributions import MultivariateNormal
 
 from sbi_alfi import AALR
+from sbi_alfi.benchmark import make_task
 
 RESULTS = Path(__file__).parent / "results" / "aalr"
-DIM, NOISE, BUDGET, DRAWS = 5, 0.5, 10_000, 2_000
-
-
-def exact_posterior(x_o: torch.Tensor) -> MultivariateNormal:
-    """N(0, I) prior, N(θ, NOISE² I) likelihood: the conjugate Gaussian."""
-    variance = 1 / (1 + 1 / NOISE**2)
-    return MultivariateNormal(
-        variance * x_o.reshape(-1) / NOISE**2, variance * torch.eye(DIM)
-    )
+DIM, NOISE, BUDGET, DRAWS = 5, 0.5, 10_000, 2_000  # the gaussian_linear task's
 
 
 def main() -> None:
@@ -46,15 +38,16 @@ def main() -> None:
     args = parser.parse_args()
     args.output.mkdir(parents=True, exist_ok=True)
     warnings.simplefilter("ignore")
-    prior = MultivariateNormal(torch.zeros(DIM), torch.eye(DIM))
+    task = make_task("gaussian_linear")  # N(0, I) prior, N(θ, NOISE² I) noise
+    prior = task.prior
 
     rows = []
     for seed in range(args.seeds):
         torch.manual_seed(seed)
         theta = prior.sample((BUDGET,))
-        x = theta + NOISE * torch.randn_like(theta)
+        x = task.simulator(theta)
         theta_o = prior.sample((args.observations,))
-        x_os = theta_o + NOISE * torch.randn_like(theta_o)
+        x_os = task.simulator(theta_o)
         posteriors, seconds = {}, {}
         for name, cls in [("AALR + hmc_vectorized", AALR), ("NRE_A + slice", NRE_A)]:
             torch.manual_seed(seed)
@@ -73,7 +66,7 @@ def main() -> None:
                     mcmc_method="slice_np_vectorized",
                 )
         for i, x_o in enumerate(x_os):
-            truth = exact_posterior(x_o).sample((DRAWS,))
+            truth = task.reference(x_o, DRAWS)  # the analytic posterior
             scores = {}
             for name, posterior in posteriors.items():
                 torch.manual_seed(seed)
