@@ -1,7 +1,20 @@
 r"""Benchmarks of sbi-alfi's methods against `sbi`'s on tasks with exact
-references."""
+references; `python -m sbi_alfi.benchmark --help` runs them."""
 
 from .methods import METHODS, Run, run_method
+from .report import write_report
+from .run import Result, read_results, run_benchmark
 from .tasks import TASKS, Task, make_task
 
-__all__ = ["METHODS", "TASKS", "Run", "Task", "make_task", "run_method"]
+__all__ = [
+    "METHODS",
+    "TASKS",
+    "Result",
+    "Run",
+    "Task",
+    "make_task",
+    "read_results",
+    "run_benchmark",
+    "run_method",
+    "write_report",
+]

@@ -1,4 +1,4 @@
-r"""The methods a benchmark compares, each run the same way: train on a budget of
+r"""The methods a benchmark compares, each run the same way: spend a budget of
 simulations, then draw from the posterior of one observation."""
 
 from __future__ import annotations
@@ -12,54 +12,139 @@ from sbi.inference import NLE, NPE, NRE_A
 from torch import Tensor
 
 from ..aalr import AALR
+from ..alfi import ALFI
 from .tasks import Task
 
-__all__ = ["METHODS", "Run", "run_method"]
+__all__ = ["METHODS", "Run", "alfi_schedule", "run_method"]
 
 
 class Run(NamedTuple):
     r"""What one method produced on one observation."""
 
     samples: Tensor  #: posterior draws, `(num_samples, D)`
+    estimate: Tensor  #: the point estimate, `(D,)`: the draws' mean; ALFI's map
     num_simulations: int  #: every simulation the method made, inference included
     train_seconds: float
     sample_seconds: float
 
 
+def _simulate(task: Task, num_simulations: int) -> tuple[Tensor, Tensor]:
+    theta = task.prior.sample((num_simulations,))
+    return theta, task.simulator(theta)
+
+
 def _sbi(cls, **posterior_kwargs) -> Callable:
-    def run(task: Task, theta: Tensor, x: Tensor, x_o: Tensor, num_samples: int):
+    def run(task: Task, num_simulations: int, x_o: Tensor, num_samples: int):
+        theta, x = _simulate(task, num_simulations)
         inference = cls(task.prior, show_progress_bars=False)
         start = time.perf_counter()
         inference.append_simulations(theta, x).train()
         posterior = inference.build_posterior(**posterior_kwargs)
         trained = time.perf_counter()
         samples = posterior.sample((num_samples,), x=x_o, show_progress_bars=False)
-        return samples, trained - start, time.perf_counter() - trained
+        end = time.perf_counter()
+        return samples, samples.mean(0), num_simulations, trained - start, end - trained
 
     return run
 
 
-def _aalr(method: str) -> Callable:
-    def run(task: Task, theta: Tensor, x: Tensor, x_o: Tensor, num_samples: int):
+def _aalr(method: str, **posterior_kwargs) -> Callable:
+    def run(task: Task, num_simulations: int, x_o: Tensor, num_samples: int):
+        theta, x = _simulate(task, num_simulations)
         inference = AALR(task.prior, show_progress_bars=False)
         start = time.perf_counter()
         inference.append_simulations(theta, x).train()
-        posterior = inference.build_posterior(method=method, show_progress_bars=False)
+        posterior = inference.build_posterior(
+            method=method, show_progress_bars=False, **posterior_kwargs
+        )
         trained = time.perf_counter()
         samples = posterior.sample((num_samples,), x=x_o[None])
-        return samples, trained - start, time.perf_counter() - trained
+        end = time.perf_counter()
+        return samples, samples.mean(0), num_simulations, trained - start, end - trained
 
     return run
 
 
-#: Each method's runner: `(task, theta, x, x_o, num_samples)` to the draws and the
-#: training and sampling seconds.
+class _Counted:
+    r"""A point simulator that counts the points it simulates."""
+
+    def __init__(self, simulator: Callable[[Tensor], Tensor]):
+        self.simulator = simulator
+        self.num_points = 0
+
+    def __call__(self, theta: Tensor) -> Tensor:
+        self.num_points += len(theta)
+        return self.simulator(theta).flatten(1)
+
+
+#: ALFI's recurrent steps T and draws per step M in the benchmark; each draw
+#: simulates one observation (K = the task's points). Fewer than the paper's, so
+#: that a budget buys more tasks.
+ALFI_STEPS, ALFI_DRAWS, ALFI_EPOCHS = 5, 4, 2
+
+
+def alfi_schedule(num_simulations: int) -> int:
+    r"""The number of meta-training tasks ALFI can afford on a budget.
+
+    A task costs its observation plus, in each of `ALFI_EPOCHS` epochs (its
+    validation included), `ALFI_STEPS` x `ALFI_DRAWS` simulated observations; the
+    inference on x_o costs one more unroll.
+    """
+    per_unroll = ALFI_STEPS * ALFI_DRAWS
+    per_task = 1 + ALFI_EPOCHS * per_unroll
+    num_tasks = (num_simulations - per_unroll) // per_task
+    if num_tasks < 10:
+        raise ValueError(
+            f"ALFI needs a budget of at least {10 * per_task + per_unroll} "
+            f"simulations (10 tasks), got {num_simulations}."
+        )
+    return num_tasks
+
+
+def _alfi(task: Task, num_simulations: int, x_o: Tensor, num_samples: int):
+    r"""Meta-trains ALFI within the budget, counting every simulated point, and
+    runs it on x_o. Its draws are those of its final Gaussian proposal, not of a
+    posterior."""
+    simulator = _Counted(task.point_simulator)
+    inference = ALFI(
+        task.prior,
+        simulator,
+        num_steps=ALFI_STEPS,
+        num_proposal_samples=ALFI_DRAWS,
+        num_simulations_per_sample=task.num_points,
+        show_progress_bars=False,
+    )
+    start = time.perf_counter()
+    inference.train(
+        num_tasks=alfi_schedule(num_simulations),
+        num_observations=task.num_points,
+        training_batch_size=8,
+        max_num_epochs=ALFI_EPOCHS,
+        learning_rate_schedule="cosine",
+    )
+    posterior = inference.build_posterior()
+    trained = time.perf_counter()
+    data_set = x_o.reshape(task.num_points, -1)
+    samples = posterior.sample((num_samples,), x=data_set)
+    estimate = posterior.map(x=data_set)
+    end = time.perf_counter()
+    used = -(-simulator.num_points // task.num_points)
+    return samples, estimate, used, trained - start, end - trained
+
+
+#: Each method's runner: `(task, num_simulations, x_o, num_samples)` to the
+#: draws, the point estimate, the simulations used, and the training and
+#: sampling seconds.
 METHODS: dict[str, Callable] = {
     "npe": _sbi(NPE),
     "nre_a_slice": _sbi(NRE_A, sample_with="mcmc", mcmc_method="slice_np_vectorized"),
     "nle_slice": _sbi(NLE, sample_with="mcmc", mcmc_method="slice_np_vectorized"),
     "aalr_hmc_vectorized": _aalr("hmc_vectorized"),
     "aalr_mh_vectorized": _aalr("mh_vectorized"),
+    # Pyro runs its chains one after another: 4 chains, as Pyro's examples do.
+    "aalr_nuts_pyro": _aalr("nuts_pyro", num_chains=4),
+    "aalr_hmc_pyro": _aalr("hmc_pyro", num_chains=4),
+    "alfi": _alfi,
 }
 
 
@@ -71,13 +156,17 @@ def run_method(
     num_samples: int = 2_000,
     seed: int = 0,
 ) -> Run:
-    r"""Simulates `num_simulations` pairs from the prior, trains `method` on them
-    and draws `num_samples` from its posterior of `x_o`, all under `seed`.
+    r"""Runs `method` on a budget of `num_simulations` and draws `num_samples`
+    from its posterior of `x_o`, all under `seed`.
+
+    Every method but ALFI simulates `num_simulations` pairs from the prior and
+    trains on them; ALFI spends the budget on meta-training tasks and the
+    simulations of its inference (:func:`alfi_schedule`).
 
     Arguments:
         method: One of `METHODS`.
         task: The task.
-        num_simulations: The simulation budget.
+        num_simulations: The simulation budget, in observations.
         x_o: The observation, `(*x_shape)`.
         num_samples: The posterior draws.
         seed: The torch seed of the simulations, the training and the sampling.
@@ -89,9 +178,13 @@ def run_method(
         raise ValueError(f"Unknown method {method!r}; the methods are {list(METHODS)}.")
     with torch.random.fork_rng():
         torch.manual_seed(seed)
-        theta = task.prior.sample((num_simulations,))
-        x = task.simulator(theta)
-        samples, train, sample = METHODS[method](task, theta, x, x_o, num_samples)
+        samples, estimate, used, train, sample = METHODS[method](
+            task, num_simulations, x_o, num_samples
+        )
     return Run(
-        samples.detach().reshape(num_samples, -1), num_simulations, train, sample
+        samples.detach().reshape(num_samples, -1),
+        estimate.detach().reshape(-1),
+        used,
+        train,
+        sample,
     )

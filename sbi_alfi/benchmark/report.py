@@ -1,0 +1,278 @@
+r"""The results page of a benchmark: Markdown tables, plots, and the command and
+machine that produced them."""
+
+from __future__ import annotations
+
+import math
+import os
+import platform
+from collections import defaultdict
+from collections.abc import Sequence
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only; no display on a server
+import matplotlib.pyplot as plt
+import sbi
+import torch
+
+from .run import Result
+
+__all__ = ["machine", "write_report"]
+
+#: How each method's output is labelled. ALFI's is not a posterior.
+LABELS = {"alfi": "alfi †"}
+FOOTNOTE = (
+    "† ALFI's draws are those of its final Gaussian proposal "
+    r"$q(\theta \mid \psi_T)$, not of a posterior, and its point estimate is the "
+    "proposal's centre, not a posterior mean: its C2ST measures how far that "
+    "Gaussian is from the posterior. It spends its budget on meta-training tasks "
+    "and on the simulations of its inference on x_o, all counted."
+)
+
+
+def machine() -> str:
+    r"""The CPU, cores, memory and software versions, in one line."""
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemTotal"):
+                memory = f", {int(line.split()[1]) / 2**20:.0f} GiB"
+                break
+    except OSError:
+        memory = ""
+    return (
+        f"{cpu}, {os.cpu_count()} cores{memory}; {platform.system()}, Python "
+        f"{platform.python_version()}, torch {torch.__version__}, sbi "
+        f"{sbi.__version__}"
+    )
+
+
+def _group(results: Sequence[Result]) -> dict[tuple[str, str, int], list[Result]]:
+    groups: dict[tuple[str, str, int], list[Result]] = defaultdict(list)
+    for result in results:
+        groups[result.task, result.method, result.budget].append(result)
+    return groups
+
+
+def _spread(values: list[float], digits: int = 3) -> str:
+    r"""The mean, and the range over seeds when there are several."""
+    mean = sum(values) / len(values)
+    if len(values) == 1:
+        return f"{mean:.{digits}f}"
+    return f"{mean:.{digits}f} ({min(values):.{digits}f}–{max(values):.{digits}f})"
+
+
+def _order(results: Sequence[Result]) -> tuple[list[str], list[str], list[int]]:
+    def unique(values):
+        return list(dict.fromkeys(values))
+
+    return (
+        unique(result.task for result in results),
+        unique(result.method for result in results),
+        sorted({result.budget for result in results}),
+    )
+
+
+def write_report(
+    results: Sequence[Result],
+    output: str | Path,
+    command: str | None = None,
+    seconds: float | None = None,
+) -> Path:
+    r"""Writes `RESULTS.md`, `c2st.png`, `rmse.png` and `seconds.png` to
+    `output` and returns the page's path.
+
+    Arguments:
+        results: The benchmark's results.
+        output: The folder.
+        command: The command that produced them, quoted on the page.
+        seconds: The wall time of that command.
+    """
+    if not results:
+        raise ValueError("There are no results to report.")
+    output = Path(output)
+    output.mkdir(parents=True, exist_ok=True)
+    tasks, methods, budgets = _order(results)
+    groups = _group(results)
+    seeds = sorted({result.seed for result in results})
+
+    lines = ["# Benchmark against sbi's methods", ""]
+    if command is not None:
+        lines += ["Produced by", "", "```bash", command, "```", ""]
+    lines += [f"on {machine()}."]
+    if seconds is not None:
+        lines[-1] += f" The run took {seconds / 60:.0f} min."
+    lines += [
+        "",
+        f"{len(tasks)} tasks × {len(methods)} methods × {len(budgets)} budgets × "
+        f"{len(seeds)} seeds (seed s draws observation s of the task and seeds "
+        "the method). C2ST: accuracy of a classifier (sbi's `c2st`, MLP) telling "
+        "the method's draws from exact reference draws; 0.5 is perfect, 1.0 is "
+        "disjoint. RMSE: of the point estimate (the posterior mean) to the true θ, "
+        "in prior standard deviations, next to that of the exact posterior mean. "
+        "Each cell is the mean over seeds, with their range.",
+        "",
+        "![C2ST](c2st.png)",
+        "",
+        "![RMSE](rmse.png)",
+        "",
+        "![seconds](seconds.png)",
+        "",
+        "## Mean C2ST",
+        "",
+    ]
+    header = [f"{task} @ {budget:,}" for task in tasks for budget in budgets]
+    lines += _table(
+        ["method", *header],
+        [
+            [
+                LABELS.get(method, method),
+                *(
+                    _cell(groups.get((task, method, budget)), "c2st")
+                    for task in tasks
+                    for budget in budgets
+                ),
+            ]
+            for method in methods
+        ],
+    )
+    for task in tasks:
+        reference = [r.reference_rmse for r in results if r.task == task]
+        lines += [
+            "",
+            f"## {task}",
+            "",
+            f"RMSE of the exact posterior mean: {_spread(reference)} "
+            "(over the observations).",
+            "",
+        ]
+        rows = []
+        for budget in budgets:
+            for method in methods:
+                runs = groups.get((task, method, budget))
+                if runs is None:
+                    continue
+                rows.append(
+                    [
+                        LABELS.get(method, method),
+                        f"{budget:,}",
+                        _spread([r.c2st for r in runs]),
+                        _spread([r.rmse for r in runs]),
+                        f"{max(r.simulations for r in runs):,}",
+                        _spread([r.train_seconds for r in runs], 1),
+                        _spread([r.sample_seconds for r in runs], 1),
+                    ]
+                )
+        lines += _table(
+            [
+                "method",
+                "budget",
+                "C2ST",
+                "RMSE",
+                "simulations used",
+                "train s",
+                "sample s",
+            ],
+            rows,
+        )
+    lines += ["", FOOTNOTE, ""]
+    page = output / "RESULTS.md"
+    page.write_text("\n".join(lines))
+    _plot(results, output)
+    return page
+
+
+def _cell(runs: list[Result] | None, name: str) -> str:
+    return (
+        "–"
+        if runs is None
+        else f"{sum(getattr(r, name) for r in runs) / len(runs):.3f}"
+    )
+
+
+def _table(header: list[str], rows: list[list[str]]) -> list[str]:
+    return [
+        "| " + " | ".join(header) + " |",
+        "|" + " --- |" * len(header),
+        *("| " + " | ".join(row) + " |" for row in rows),
+    ]
+
+
+def _plot(results: Sequence[Result], output: Path) -> None:
+    r"""One panel per task, budget on the x-axis, a line per method through the
+    mean over seeds and a dot per seed."""
+    tasks, methods, budgets = _order(results)
+    groups = _group(results)
+    colours = plt.get_cmap("tab10")
+    metrics = {
+        "c2st": "C2ST (0.5 is best)",
+        "rmse": "RMSE / prior sd",
+        "seconds": "train + sample seconds",
+    }
+    for metric, label in metrics.items():
+        columns = min(len(tasks), 3)
+        rows = math.ceil(len(tasks) / columns)
+        figure, axes = plt.subplots(
+            rows, columns, figsize=(4.2 * columns, 3.4 * rows), squeeze=False
+        )
+        for ax, task in zip(axes.flat, tasks, strict=False):
+            for i, method in enumerate(methods):
+                points = [
+                    (budget, _value(run, metric))
+                    for budget in budgets
+                    for run in groups.get((task, method, budget), [])
+                ]
+                if not points:
+                    continue
+                x, y = zip(*points, strict=True)
+                means = [
+                    (b, sum(v for a, v in points if a == b) / x.count(b))
+                    for b in budgets
+                    if b in x
+                ]
+                ax.plot(
+                    *zip(*means, strict=True),
+                    "-o",
+                    color=colours(i),
+                    ms=4,
+                    label=LABELS.get(method, method),
+                )
+                ax.plot(x, y, ".", color=colours(i), alpha=0.4)
+            if metric == "rmse":
+                reference = [r.reference_rmse for r in results if r.task == task]
+                ax.axhline(
+                    sum(reference) / len(reference),
+                    color="k",
+                    ls="--",
+                    lw=1,
+                    label="exact posterior mean",
+                )
+            if metric == "c2st":
+                ax.set_ylim(0.45, 1.02)
+            if metric == "seconds":
+                ax.set_yscale("log")
+            ax.set_xscale("log")
+            ax.set_title(task)
+            ax.set_xlabel("simulations")
+            ax.set_ylabel(label)
+        for ax in axes.flat[len(tasks) :]:
+            ax.axis("off")
+        handles, names = axes.flat[0].get_legend_handles_labels()
+        figure.legend(
+            handles, names, loc="lower center", ncol=min(len(names), 5), frameon=False
+        )
+        figure.tight_layout(rect=(0, 0.05 * (1 + len(names) // 5) / rows, 1, 1))
+        figure.savefig(output / f"{metric}.png", dpi=110)
+        plt.close(figure)
+
+
+def _value(result: Result, metric: str) -> float:
+    if metric == "seconds":
+        return result.train_seconds + result.sample_seconds
+    return getattr(result, metric)
