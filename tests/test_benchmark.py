@@ -1,9 +1,22 @@
-"""The benchmark's tasks and their exact references."""
+"""The benchmark: its tasks and their exact references, the method runners and
+the command."""
+
+import csv
+import subprocess
+import sys
 
 import pytest
 import torch
 
-from sbi_alfi.benchmark import METHODS, TASKS, make_task, run_method
+from sbi_alfi.benchmark import (
+    METHODS,
+    TASKS,
+    make_task,
+    read_results,
+    run_benchmark,
+    run_method,
+)
+from sbi_alfi.benchmark.methods import alfi_schedule
 
 
 @pytest.mark.parametrize("name", sorted(TASKS))
@@ -34,6 +47,31 @@ def test_sir_reference_matches_the_analytic_posterior(tmp_path):
     assert torch.equal(task.reference(x_o, num_samples=2_000, cache=tmp_path), draws)
 
 
+def test_narrow_posterior_gets_a_second_defensive_pass(tmp_path, monkeypatch):
+    # Too few prior draws for 2,000 resampled ones: the reference must come from
+    # the kernel-density pass, and still match the analytic posterior.
+    from sbi_alfi.benchmark import tasks
+
+    task = make_task("gaussian_linear")
+    _, x_o = task.observation(seed=0)
+    analytic = task.posterior(x_o)
+    task.posterior = None
+    task.num_proposals = 400_000
+    passes = []
+    original = tasks.importance_resample
+
+    def recorded(log_density, proposal, *args, **kwargs):
+        passes.append(type(proposal).__name__)
+        return original(log_density, proposal, *args, **kwargs)
+
+    monkeypatch.setattr(tasks, "importance_resample", recorded)
+    torch.manual_seed(0)
+    draws = task.reference(x_o, num_samples=2_000)
+    assert passes == ["MultivariateNormal", "MultivariateNormal", "_Defensive"]
+    assert torch.allclose(draws.mean(0), analytic.mean, atol=0.05)
+    assert torch.allclose(draws.var(0), analytic.variance, rtol=0.15)
+
+
 def test_poisson_reference_matches_the_posterior_on_a_grid():
     task = make_task("poisson")
     _, x_o = task.observation(seed=1)
@@ -54,12 +92,16 @@ def test_unknown_task():
         make_task("lotka")
 
 
-@pytest.mark.parametrize("method", METHODS)
+POSTERIOR_METHODS = [method for method in METHODS if method != "alfi"]
+
+
+@pytest.mark.parametrize("method", POSTERIOR_METHODS)
 def test_every_method_learns_something_on_a_small_budget(method):
     task = make_task("gaussian_linear")
     _, x_o = task.observation(seed=0)
     run = run_method(method, task, num_simulations=1_000, x_o=x_o, num_samples=500)
     assert run.samples.shape == (500, 5) and run.num_simulations == 1_000
+    assert torch.equal(run.estimate, run.samples.mean(0))
     assert run.train_seconds > 0 and run.sample_seconds > 0
     # The exact posterior mean is 0.8 x_o; the prior's is 0. With 1,000
     # simulations every method must land far closer to the former.
@@ -67,3 +109,91 @@ def test_every_method_learns_something_on_a_small_budget(method):
     assert (run.samples.mean(0) - exact).norm() < 0.5 * exact.norm()
     with pytest.raises(ValueError, match="Unknown method 'abc'"):
         run_method("abc", task, 10, x_o)
+
+
+def test_alfi_spends_its_budget_and_counts_every_simulation():
+    task = make_task("poisson")  # a data set of 20 points per observation
+    _, x_o = task.observation(seed=0)
+    run = run_method("alfi", task, num_simulations=2_000, x_o=x_o, num_samples=300)
+    # 48 tasks, each simulated once and unrolled in 2 epochs of 5 steps x 4
+    # draws, plus the unroll on x_o, plus sbi's probe of 2 + 3 points; a draw
+    # simulates a data set of 20 points, so only the probe is a fraction.
+    assert alfi_schedule(2_000) == 48
+    assert run.num_simulations == 48 * 41 + 20 + 1
+    assert run.samples.shape == (300, 1) and run.estimate.shape == (1,)
+    low, high = task.prior.base_dist.low, task.prior.base_dist.high
+    assert ((run.samples > low) & (run.samples < high)).all()
+    with pytest.raises(ValueError, match="at least 430 simulations"):
+        run_method("alfi", task, num_simulations=400, x_o=x_o)
+
+
+def test_benchmark_command_on_the_smallest_setting(tmp_path, monkeypatch):
+    command = [
+        sys.executable,
+        "-m",
+        "sbi_alfi.benchmark",
+        "--output",
+        str(tmp_path),
+        "--tasks",
+        "gaussian_linear",
+        "--methods",
+        "npe",
+        "alfi",
+        "--budgets",
+        "500",
+        "--seeds",
+        "0",
+        "--num-samples",
+        "200",
+        "--quiet",
+    ]
+    done = subprocess.run(command, capture_output=True, text=True, check=False)
+    assert done.returncode == 0, done.stderr
+    with (tmp_path / "results.csv").open() as file:
+        rows = list(csv.DictReader(file))
+    assert [(row["task"], row["method"], row["budget"]) for row in rows] == [
+        ("gaussian_linear", "npe", "500"),
+        ("gaussian_linear", "alfi", "500"),
+    ]
+    for row in rows:
+        assert 0.45 <= float(row["c2st"]) <= 1.0
+        assert 0 < int(row["simulations"]) <= 500
+        assert float(row["rmse"]) > 0 and float(row["reference_rmse"]) > 0
+    # NPE at 500 simulations is close to the exact posterior; ALFI's Gaussian
+    # after a few gradient steps is not, and the page says what it is.
+    npe, alfi = (float(row["c2st"]) for row in rows)
+    assert npe < 0.75 < alfi
+    page = (tmp_path / "RESULTS.md").read_text()
+    assert "python -m sbi_alfi.benchmark --output" in page
+    assert "| npe | 500 |" in page and "| alfi † | 500 |" in page
+    assert "not of a posterior" in page and " cores" in page
+    for plot in ("c2st.png", "rmse.png", "seconds.png"):
+        assert (tmp_path / plot).stat().st_size > 10_000
+    assert len(list((tmp_path / "references").glob("gaussian_linear-*.pt"))) == 1
+
+    # A rerun resumes: nothing is run again.
+    from sbi_alfi.benchmark import run
+
+    def fail(*args, **kwargs):
+        raise AssertionError("a finished run was run again")
+
+    monkeypatch.setattr(run, "run_method", fail)
+    results = run_benchmark(
+        tmp_path,
+        tasks=["gaussian_linear"],
+        methods=["npe", "alfi"],
+        budgets=[500],
+        seeds=[0],
+        num_samples=200,
+        show_progress_bars=False,
+    )
+    assert results == read_results(tmp_path / "results.csv")
+
+
+def test_benchmark_rejects_bad_selections(tmp_path):
+    with pytest.raises(ValueError, match=r"Unknown tasks \['lotka'\]"):
+        run_benchmark(tmp_path, tasks=["lotka"])
+    with pytest.raises(ValueError, match=r"Unknown methods \['snpe'\]"):
+        run_benchmark(tmp_path, methods=["snpe"])
+    with pytest.raises(ValueError, match="budgets >= 1"):
+        run_benchmark(tmp_path, budgets=[0])
