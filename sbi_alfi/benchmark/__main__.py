@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import shlex
 import sys
-import time
 import warnings
 from collections.abc import Sequence
 
@@ -83,7 +82,6 @@ def parse(argv: Sequence[str] | None = None) -> argparse.Namespace:
 def main(argv: Sequence[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else list(argv)
     args = parse(argv)
-    start = time.perf_counter()
     with warnings.catch_warnings():
         if args.quiet:
             warnings.simplefilter("ignore")
@@ -101,7 +99,6 @@ def main(argv: Sequence[str] | None = None) -> None:
         results,
         args.output,
         command=shlex.join(["python", "-m", "sbi_alfi.benchmark", *argv]),
-        seconds=time.perf_counter() - start,
     )
     print(f"Wrote {page} and the results and plots beside it.")
 

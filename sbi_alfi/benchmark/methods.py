@@ -3,6 +3,7 @@ simulations, then draw from the posterior of one observation."""
 
 from __future__ import annotations
 
+import hashlib
 import time
 from collections.abc import Callable
 from typing import NamedTuple
@@ -48,19 +49,32 @@ def _sbi(cls, **posterior_kwargs) -> Callable:
     return run
 
 
+# The last AALR ratios trained, keyed by their simulations: the AALR samplers of
+# one task, budget and seed run on the same estimator, as in the AALR paper's
+# comparison of samplers, and its training is paid (and timed) once.
+_trained_ratio: dict[tuple, tuple] = {}
+_KEPT_RATIOS = 8
+
+
 def _aalr(method: str, **posterior_kwargs) -> Callable:
     def run(task: Task, num_simulations: int, x_o: Tensor, num_samples: int):
         theta, x = _simulate(task, num_simulations)
-        inference = AALR(task.prior, show_progress_bars=False)
+        key = (task.name, hashlib.sha1(x.cpu().numpy().tobytes()).hexdigest())
+        if key not in _trained_ratio:
+            inference = AALR(task.prior, show_progress_bars=False)
+            start = time.perf_counter()
+            inference.append_simulations(theta, x).train()
+            if len(_trained_ratio) >= _KEPT_RATIOS:
+                del _trained_ratio[next(iter(_trained_ratio))]
+            _trained_ratio[key] = inference, time.perf_counter() - start
+        inference, train_seconds = _trained_ratio[key]
         start = time.perf_counter()
-        inference.append_simulations(theta, x).train()
         posterior = inference.build_posterior(
             method=method, show_progress_bars=False, **posterior_kwargs
         )
-        trained = time.perf_counter()
         samples = posterior.sample((num_samples,), x=x_o[None])
         end = time.perf_counter()
-        return samples, samples.mean(0), num_simulations, trained - start, end - trained
+        return samples, samples.mean(0), num_simulations, train_seconds, end - start
 
     return run
 

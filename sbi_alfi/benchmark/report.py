@@ -61,7 +61,10 @@ def _group(results: Sequence[Result]) -> dict[tuple[str, str, int], list[Result]
 
 
 def _spread(values: list[float], digits: int = 3) -> str:
-    r"""The mean, and the range over seeds when there are several."""
+    r"""The mean, and the range over seeds when there are several; a dash for
+    NaN (no reference)."""
+    if any(math.isnan(value) for value in values):
+        return "–"
     mean = sum(values) / len(values)
     if len(values) == 1:
         return f"{mean:.{digits}f}"
@@ -83,7 +86,6 @@ def write_report(
     results: Sequence[Result],
     output: str | Path,
     command: str | None = None,
-    seconds: float | None = None,
 ) -> Path:
     r"""Writes `RESULTS.md`, `c2st.png`, `rmse.png` and `seconds.png` to
     `output` and returns the page's path.
@@ -92,7 +94,6 @@ def write_report(
         results: The benchmark's results.
         output: The folder.
         command: The command that produced them, quoted on the page.
-        seconds: The wall time of that command.
     """
     if not results:
         raise ValueError("There are no results to report.")
@@ -105,9 +106,11 @@ def write_report(
     lines = ["# Benchmark against sbi's methods", ""]
     if command is not None:
         lines += ["Produced by", "", "```bash", command, "```", ""]
-    lines += [f"on {machine()}."]
-    if seconds is not None:
-        lines[-1] += f" The run took {seconds / 60:.0f} min."
+    busy = sum(r.train_seconds + r.sample_seconds for r in results)
+    lines += [
+        f"on {machine()}. Training and sampling took {busy / 60:.0f} min in all; "
+        "simulating and scoring add to that."
+    ]
     lines += [
         "",
         f"{len(tasks)} tasks × {len(methods)} methods × {len(budgets)} budgets × "
@@ -148,8 +151,8 @@ def write_report(
             "",
             f"## {task}",
             "",
-            f"RMSE of the exact posterior mean: {_spread(reference)} "
-            "(over the observations).",
+            f"RMSE of the exact posterior mean: {_spread(reference)} (over the "
+            "observations; – when the task has no reference).",
             "",
         ]
         rows = []
@@ -244,8 +247,8 @@ def _plot(results: Sequence[Result], output: Path) -> None:
                     label=LABELS.get(method, method),
                 )
                 ax.plot(x, y, ".", color=colours(i), alpha=0.4)
-            if metric == "rmse":
-                reference = [r.reference_rmse for r in results if r.task == task]
+            reference = [r.reference_rmse for r in results if r.task == task]
+            if metric == "rmse" and not math.isnan(sum(reference)):
                 ax.axhline(
                     sum(reference) / len(reference),
                     color="k",

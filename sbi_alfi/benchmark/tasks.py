@@ -30,24 +30,41 @@ class Task:
     likelihood (:func:`~sbi_alfi.samplers.importance_resample`), whose weights'
     effective sample size is checked to be at least 10× the draws. No Markov
     chain's mixing is involved, so the reference cannot share a sampler's bias.
+    A task with neither (a simulator whose likelihood is unknown) has no
+    reference: a benchmark then scores the point estimates only.
 
     Arguments:
         name: The task's name.
         prior: The prior.
         simulator: Maps `theta` `(B, D)` to observations `(B, *x_shape)`.
-        log_likelihood: Maps `theta` `(B, D)` and one observation to `(B,)`.
+        log_likelihood: Maps `theta` `(B, D)` and one observation to `(B,)`,
+            if the likelihood is known.
         num_proposals: The prior draws resampled for a reference.
         posterior: The analytic posterior of an observation, if there is one.
         point_simulator: Maps `theta` `(B, D)` to one point each, when an
             observation is a data set of `num_points` i.i.d. points given
             :math:`\theta` (what ALFI takes); `simulator` itself when `None`.
         num_points: The points in one observation.
+
+    Example:
+        >>> import torch
+        >>> from sbi.utils import BoxUniform
+        >>> from torch.distributions import Normal
+        >>> task = Task(
+        ...     "shift",
+        ...     BoxUniform(-torch.ones(1), torch.ones(1)),
+        ...     simulator=lambda theta: theta + 0.1 * torch.randn_like(theta),
+        ...     log_likelihood=lambda theta, x: Normal(theta, 0.1).log_prob(x).sum(-1),
+        ... )
+        >>> theta_o, x_o = task.observation(seed=0)
+        >>> task.reference(x_o, num_samples=100).shape
+        torch.Size([100, 1])
     """
 
     name: str
     prior: Distribution
     simulator: Callable[[Tensor], Tensor]
-    log_likelihood: Callable[[Tensor, Tensor], Tensor]
+    log_likelihood: Callable[[Tensor, Tensor], Tensor] | None = None
     num_proposals: int = 1_000_000
     posterior: Callable[[Tensor], Distribution] | None = None
     point_simulator: Callable[[Tensor], Tensor] | None = None
@@ -85,6 +102,11 @@ class Task:
                 return torch.load(path)
         if self.posterior is not None:
             draws = self.posterior(x_o).sample((num_samples,))
+        elif self.log_likelihood is None:
+            raise ValueError(
+                f"Task {self.name!r} has neither an analytic `posterior` nor a "
+                "`log_likelihood`, so it has no reference."
+            )
         else:
             draws = self._resample(x_o, num_samples)
         if path is not None:
