@@ -2,6 +2,7 @@
 the command."""
 
 import csv
+import math
 import subprocess
 import sys
 
@@ -11,10 +12,12 @@ import torch
 from sbi_alfi.benchmark import (
     METHODS,
     TASKS,
+    Task,
     make_task,
     read_results,
     run_benchmark,
     run_method,
+    write_report,
 )
 from sbi_alfi.benchmark.methods import alfi_schedule
 
@@ -197,3 +200,38 @@ def test_benchmark_rejects_bad_selections(tmp_path):
         run_benchmark(tmp_path, methods=["snpe"])
     with pytest.raises(ValueError, match="budgets >= 1"):
         run_benchmark(tmp_path, budgets=[0])
+
+
+def test_aalr_samplers_share_one_trained_ratio():
+    task = make_task("gaussian_linear")
+    _, x_o = task.observation(seed=0)
+    runs = [
+        run_method(method, task, num_simulations=1_000, x_o=x_o, num_samples=200)
+        for method in ("aalr_hmc_vectorized", "aalr_mh_vectorized")
+    ]
+    assert runs[0].train_seconds == runs[1].train_seconds
+    other_seed = run_method(
+        "aalr_mh_vectorized", task, 1_000, x_o, num_samples=200, seed=1
+    )
+    assert other_seed.train_seconds != runs[0].train_seconds
+
+
+def test_a_task_without_likelihood_is_scored_by_rmse_only(tmp_path):
+    task = make_task("poisson")
+    blind = Task("blind_poisson", prior=task.prior, simulator=task.simulator)
+    _, x_o = blind.observation(seed=0)
+    with pytest.raises(ValueError, match="has neither an analytic `posterior`"):
+        blind.reference(x_o)
+    (result,) = run_benchmark(
+        tmp_path,
+        tasks=[blind],
+        methods=["alfi"],
+        budgets=[500],
+        seeds=[0],
+        num_samples=100,
+        show_progress_bars=False,
+    )
+    assert math.isnan(result.c2st) and math.isnan(result.reference_rmse)
+    assert 0 < result.rmse < 10
+    page = write_report([result], tmp_path).read_text()
+    assert "| alfi † | 500 | – |" in page

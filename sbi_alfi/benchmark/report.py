@@ -127,32 +127,33 @@ def write_report(
         "",
         "![seconds](seconds.png)",
         "",
-        "## Mean C2ST",
-        "",
     ]
     header = [f"{task} @ {budget:,}" for task in tasks for budget in budgets]
-    lines += _table(
-        ["method", *header],
-        [
+    for metric, title in (("c2st", "Mean C2ST"), ("rmse", "Mean RMSE")):
+        lines += [f"## {title}", ""]
+        lines += _table(
+            ["method", *header],
             [
-                LABELS.get(method, method),
-                *(
-                    _cell(groups.get((task, method, budget)), "c2st")
-                    for task in tasks
-                    for budget in budgets
-                ),
-            ]
-            for method in methods
-        ],
-    )
+                [
+                    LABELS.get(method, method),
+                    *(
+                        _cell(groups.get((task, method, budget)), metric)
+                        for task in tasks
+                        for budget in budgets
+                    ),
+                ]
+                for method in methods
+            ],
+        )
+        lines += [""]
     for task in tasks:
-        reference = [r.reference_rmse for r in results if r.task == task]
+        reference = {r.seed: r.reference_rmse for r in results if r.task == task}
+        exact = _spread(list(reference.values()))
         lines += [
-            "",
             f"## {task}",
             "",
-            f"RMSE of the exact posterior mean: {_spread(reference)} (over the "
-            "observations; – when the task has no reference).",
+            f"RMSE of the exact posterior mean: {exact} (over the observations; – "
+            "when the task has no reference).",
             "",
         ]
         rows = []
@@ -184,7 +185,8 @@ def write_report(
             ],
             rows,
         )
-    lines += ["", FOOTNOTE, ""]
+        lines += [""]
+    lines += [FOOTNOTE, ""]
     page = output / "RESULTS.md"
     page.write_text("\n".join(lines))
     _plot(results, output)
@@ -192,11 +194,10 @@ def write_report(
 
 
 def _cell(runs: list[Result] | None, name: str) -> str:
-    return (
-        "–"
-        if runs is None
-        else f"{sum(getattr(r, name) for r in runs) / len(runs):.3f}"
-    )
+    r"""The mean over seeds alone; a dash for no runs or no reference."""
+    if runs is None:
+        return "–"
+    return _spread([getattr(run, name) for run in runs]).split(" ")[0]
 
 
 def _table(header: list[str], rows: list[list[str]]) -> list[str]:
@@ -247,10 +248,10 @@ def _plot(results: Sequence[Result], output: Path) -> None:
                     label=LABELS.get(method, method),
                 )
                 ax.plot(x, y, ".", color=colours(i), alpha=0.4)
-            reference = [r.reference_rmse for r in results if r.task == task]
-            if metric == "rmse" and not math.isnan(sum(reference)):
+            reference = {r.seed: r.reference_rmse for r in results if r.task == task}
+            if metric == "rmse" and not math.isnan(sum(reference.values())):
                 ax.axhline(
-                    sum(reference) / len(reference),
+                    sum(reference.values()) / len(reference),
                     color="k",
                     ls="--",
                     lw=1,

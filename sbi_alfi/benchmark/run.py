@@ -125,11 +125,14 @@ def run_benchmark(
         for key in itertools.product(tasks, methods, budgets, seeds)
         if key not in done
     ]
-    loaded: dict[str, Task] = {}
+    loaded: dict[str, tuple[Task, torch.Tensor]] = {}
     bar = tqdm(todo, desc="Benchmark", disable=not show_progress_bars)
     for name, method, budget, seed in bar:
         bar.set_postfix_str(f"{name} {method} {budget} seed {seed}")
-        task = loaded.setdefault(name, by_name.get(name) or make_task(name))
+        if name not in loaded:
+            task = by_name[name] if name in by_name else make_task(name)
+            loaded[name] = task, prior_scale(task)
+        task, scale = loaded[name]
         theta_o, x_o = task.observation(seed)
         reference = None
         if task.posterior is not None or task.log_likelihood is not None:
@@ -145,7 +148,6 @@ def run_benchmark(
         except Exception as error:  # one failure must not end an overnight run
             tqdm.write(f"{name} {method} {budget} seed {seed} failed: {error!r}")
             continue
-        scale = prior_scale(task)
         result = Result(
             task=name,
             method=method,
