@@ -95,7 +95,12 @@ def test_unknown_task():
         make_task("lotka")
 
 
-POSTERIOR_METHODS = [method for method in METHODS if method != "alfi"]
+# Pyro's kernels run their chains one after another: half a minute each.
+POSTERIOR_METHODS = [
+    pytest.param(method, marks=pytest.mark.slow) if "pyro" in method else method
+    for method in METHODS
+    if method != "alfi"
+]
 
 
 @pytest.mark.parametrize("method", POSTERIOR_METHODS)

@@ -11,11 +11,9 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import matplotlib
-
-matplotlib.use("Agg")  # files only; no display on a server
-import matplotlib.pyplot as plt
 import sbi
 import torch
+from matplotlib.figure import Figure
 
 from .run import Result
 
@@ -213,7 +211,7 @@ def _plot(results: Sequence[Result], output: Path) -> None:
     mean over seeds and a dot per seed."""
     tasks, methods, budgets = _order(results)
     groups = _group(results)
-    colours = plt.get_cmap("tab10")
+    colours = matplotlib.colormaps["tab10"]
     metrics = {
         "c2st": "C2ST (0.5 is best)",
         "rmse": "RMSE / prior sd",
@@ -222,9 +220,10 @@ def _plot(results: Sequence[Result], output: Path) -> None:
     for metric, label in metrics.items():
         columns = min(len(tasks), 3)
         rows = math.ceil(len(tasks) / columns)
-        figure, axes = plt.subplots(
-            rows, columns, figsize=(4.2 * columns, 3.4 * rows), squeeze=False
-        )
+        # A bare Figure draws to files without pyplot, so importing this
+        # module never switches a notebook's backend.
+        figure = Figure(figsize=(4.2 * columns, 3.4 * rows))
+        axes = figure.subplots(rows, columns, squeeze=False)
         for ax, task in zip(axes.flat, tasks, strict=False):
             for i, method in enumerate(methods):
                 points = [
@@ -273,7 +272,6 @@ def _plot(results: Sequence[Result], output: Path) -> None:
         )
         figure.tight_layout(rect=(0, 0.05 * (1 + len(names) // 5) / rows, 1, 1))
         figure.savefig(output / f"{metric}.png", dpi=110)
-        plt.close(figure)
 
 
 def _value(result: Result, metric: str) -> float:
