@@ -24,6 +24,8 @@ __all__ = ["METHODS", "RatioMCMCPosterior"]
 Method = Literal["hmc_vectorized", "mh_vectorized", "hmc_pyro", "nuts_pyro"]
 METHODS = ("hmc_vectorized", "mh_vectorized", "hmc_pyro", "nuts_pyro")
 InitStrategy = Literal["resample", "prior"]
+# The default thinning of random-walk Metropolis-Hastings.
+MH_THIN = 20
 
 
 class RatioMCMCPosterior(CheckedPosterior):
@@ -59,7 +61,10 @@ class RatioMCMCPosterior(CheckedPosterior):
         method: The sampler, one of `METHODS`.
         num_chains: The number of chains.
         warmup_steps: The warmup (adaptation) steps of every chain.
-        thin: Keep one draw in `thin`.
+        thin: Keep one draw in `thin`; when `None`, 20 for `"mh_vectorized"`,
+            whose random-walk draws are strongly autocorrelated (with 1, the
+            benchmark's 5-D Gaussian posterior scored C2ST 0.73–0.78 against
+            0.55 for HMC), and 1 for the gradient-based methods.
         init_strategy: `"resample"` (importance resampling of prior draws by the
             ratio, one batch for all chains), `"prior"`, or a distribution over
             :math:`\theta`.
@@ -98,7 +103,7 @@ class RatioMCMCPosterior(CheckedPosterior):
         method: Method = "hmc_vectorized",
         num_chains: int = 100,
         warmup_steps: int = 200,
-        thin: int = 1,
+        thin: int | None = None,
         init_strategy: InitStrategy | Distribution = "resample",
         num_init_candidates: int = 10_000,
         kernel_kwargs: dict[str, Any] | None = None,
@@ -107,6 +112,8 @@ class RatioMCMCPosterior(CheckedPosterior):
     ):
         if method not in METHODS:
             raise ValueError(f"`method` must be one of {METHODS}, got {method!r}.")
+        if thin is None:
+            thin = MH_THIN if method == "mh_vectorized" else 1
         if num_chains < 1 or warmup_steps < 0 or thin < 1:
             raise ValueError(
                 "Need `num_chains` >= 1, `warmup_steps` >= 0 and `thin` >= 1, got "
