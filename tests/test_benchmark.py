@@ -50,9 +50,9 @@ def test_sir_reference_matches_the_analytic_posterior(tmp_path):
     assert torch.equal(task.reference(x_o, num_samples=2_000, cache=tmp_path), draws)
 
 
-def test_narrow_posterior_gets_a_second_defensive_pass(tmp_path, monkeypatch):
+def test_narrow_posterior_gets_adaptive_defensive_passes(tmp_path, monkeypatch):
     # Too few prior draws for 2,000 resampled ones: the reference must come from
-    # the kernel-density pass, and still match the analytic posterior.
+    # the kernel-density rounds, and still match the analytic posterior.
     from sbi_alfi.benchmark import tasks
 
     task = make_task("gaussian_linear")
@@ -70,7 +70,8 @@ def test_narrow_posterior_gets_a_second_defensive_pass(tmp_path, monkeypatch):
     monkeypatch.setattr(tasks, "importance_resample", recorded)
     torch.manual_seed(0)
     draws = task.reference(x_o, num_samples=2_000)
-    assert passes == ["MultivariateNormal", "MultivariateNormal", "_Defensive"]
+    assert passes[0] == "MultivariateNormal" and len(passes) >= 2
+    assert set(passes[1:]) == {"_Defensive"}
     assert torch.allclose(draws.mean(0), analytic.mean, atol=0.05)
     assert torch.allclose(draws.var(0), analytic.variance, rtol=0.15)
 

@@ -135,11 +135,11 @@ def run_benchmark(
         task, scale = loaded[name]
         theta_o, x_o = task.observation(seed)
         reference = None
-        if task.posterior is not None or task.log_likelihood is not None:
-            with torch.random.fork_rng():
-                torch.manual_seed(seed)
-                reference = task.reference(x_o, num_samples, cache=cache)
         try:
+            if task.posterior is not None or task.log_likelihood is not None:
+                with torch.random.fork_rng():
+                    torch.manual_seed(seed)
+                    reference = task.reference(x_o, num_samples, cache=cache)
             run = run_method(method, task, budget, x_o, num_samples, seed=seed)
             score = math.nan
             if reference is not None:

@@ -115,43 +115,44 @@ class Task:
         return draws
 
     def _resample(self, x_o: Tensor, num_samples: int) -> Tensor:
-        r"""Prior draws resampled by the likelihood; when the posterior is too
-        narrow for that, a second pass from a kernel density of the first pass's
-        draws, mixed with the prior (Hesterberg's defensive importance sampling),
-        which is just as exact and wastes far fewer proposals."""
+        r"""Prior draws resampled by the likelihood. When the posterior is too
+        narrow for that, adaptive importance sampling (Cappé et al., 2004): each
+        round's proposal is a kernel density of the last round's draws, mixed
+        with the prior (Hesterberg's defensive mixture), until the weights' ESS
+        is 10x the draws. Every round is exact importance sampling, so the final
+        draws are as exact as the first pass's would have been."""
 
         def log_density(theta: Tensor) -> Tensor:
             inside = within_support(self.prior, theta)
             log_p = self.log_likelihood(theta, x_o) + self.prior.log_prob(theta)
             return torch.where(inside, log_p, -torch.inf)
 
-        try:
-            return importance_resample(
+        proposal, num_proposals = self.prior, self.num_proposals
+        for _ in range(MAX_ROUNDS):
+            # Gumbel top-k draws come in order, so any first m are m draws.
+            draws, ess = importance_resample(
                 log_density,
-                self.prior,
+                proposal,
                 num_samples,
-                num_proposals=self.num_proposals,
+                num_proposals=num_proposals,
                 batch_size=500_000,
-            )[0]
-        except ValueError:
-            pilot, _ = importance_resample(
-                log_density,
-                self.prior,
-                NUM_KERNELS,
-                num_proposals=self.num_proposals,
-                batch_size=500_000,
-                min_ess_ratio=5,
+                min_ess_ratio=0,
             )
-        return importance_resample(
-            log_density,
-            _Defensive(pilot, self.prior),
-            num_samples,
-            num_proposals=self.num_proposals // 4,
-            batch_size=500_000,
-        )[0]
+            if ess >= 10 * num_samples:
+                return draws
+            centres = draws[: min(NUM_KERNELS, max(10, int(ess / 5)))]
+            proposal = _Defensive(centres, self.prior)
+            num_proposals = max(self.num_proposals // 4, 100_000)
+        raise ValueError(
+            f"The reference of task {self.name!r} reached an importance ESS of "
+            f"only {ess:.0f} for {num_samples} draws after {MAX_ROUNDS} rounds; "
+            "raise `num_proposals`."
+        )
 
 
-# The kernels of the second pass: few, since every proposal's density sums them.
+# The rounds of adaptive importance sampling, at most.
+MAX_ROUNDS = 4
+# The kernels of a proposal: few, since every proposal's density sums them.
 NUM_KERNELS = 200
 
 

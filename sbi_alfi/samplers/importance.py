@@ -32,7 +32,8 @@ def importance_resample(
     are resampled without replacement (Gumbel top-k on the log-weights), so no
     draw repeats (exact repeats are what classifier tests pick up); with that
     many effective proposals per draw, the departure from resampling with
-    replacement is negligible.
+    replacement is negligible. The draws come in the order of their perturbed
+    log-weights, so any first `m` of them are `m` draws too.
 
     Arguments:
         log_density: Maps `(N, D)` to unnormalized log-densities `(N,)`.
