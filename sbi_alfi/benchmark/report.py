@@ -15,6 +15,7 @@ import sbi
 import torch
 from matplotlib.figure import Figure
 
+from .methods import METHODS
 from .run import Result
 
 __all__ = ["machine", "write_report"]
@@ -70,12 +71,13 @@ def _spread(values: list[float], digits: int = 3) -> str:
 
 
 def _order(results: Sequence[Result]) -> tuple[list[str], list[str], list[int]]:
-    def unique(values):
-        return list(dict.fromkeys(values))
-
+    r"""Tasks in order of appearance, methods in the order of `METHODS` (others
+    after them), budgets ascending."""
+    rank = {method: i for i, method in enumerate(METHODS)}
+    methods = dict.fromkeys(result.method for result in results)
     return (
-        unique(result.task for result in results),
-        unique(result.method for result in results),
+        list(dict.fromkeys(result.task for result in results)),
+        sorted(methods, key=lambda method: rank.get(method, len(rank))),
         sorted({result.budget for result in results}),
     )
 
@@ -270,7 +272,8 @@ def _plot(results: Sequence[Result], output: Path) -> None:
         figure.legend(
             handles, names, loc="lower center", ncol=min(len(names), 5), frameon=False
         )
-        figure.tight_layout(rect=(0, 0.05 * (1 + len(names) // 5) / rows, 1, 1))
+        legend_rows = math.ceil(len(names) / 5)
+        figure.tight_layout(rect=(0, 0.09 * legend_rows / rows, 1, 1))
         figure.savefig(output / f"{metric}.png", dpi=110)
 
 
