@@ -232,6 +232,7 @@ def _plot(results: Sequence[Result], output: Path) -> None:
                     (budget, _value(run, metric))
                     for budget in budgets
                     for run in groups.get((task, method, budget), [])
+                    if not math.isnan(_value(run, metric))  # no reference
                 ]
                 if not points:
                     continue
@@ -260,18 +261,26 @@ def _plot(results: Sequence[Result], output: Path) -> None:
                 )
             if metric == "c2st":
                 ax.set_ylim(0.45, 1.02)
-            if metric == "seconds":
+            if metric == "seconds" and ax.has_data():
                 ax.set_yscale("log")
-            ax.set_xscale("log")
+            if not ax.has_data():
+                ax.text(0.5, 0.5, "no reference", ha="center", transform=ax.transAxes)
+            else:
+                ax.set_xscale("log")
             ax.set_title(task)
             ax.set_xlabel("simulations")
             ax.set_ylabel(label)
         for ax in axes.flat[len(tasks) :]:
             ax.axis("off")
         handles, names = axes.flat[0].get_legend_handles_labels()
-        figure.legend(
-            handles, names, loc="lower center", ncol=min(len(names), 5), frameon=False
-        )
+        if names:
+            figure.legend(
+                handles,
+                names,
+                loc="lower center",
+                ncol=min(len(names), 5),
+                frameon=False,
+            )
         legend_rows = math.ceil(len(names) / 5)
         figure.tight_layout(rect=(0, 0.09 * legend_rows / rows, 1, 1))
         figure.savefig(output / f"{metric}.png", dpi=110)
