@@ -102,14 +102,15 @@ def alfi_schedule(num_simulations: int) -> int:
 
     A task costs its observation plus, in each of `ALFI_EPOCHS` epochs (its
     validation included), `ALFI_STEPS` x `ALFI_DRAWS` simulated observations; the
-    inference on x_o costs one more unroll.
+    inference on x_o costs one more unroll, and `sbi`'s `process_simulator`
+    probes the simulator with 2 + 3 points (at most 5 observations).
     """
     per_unroll = ALFI_STEPS * ALFI_DRAWS
     per_task = 1 + ALFI_EPOCHS * per_unroll
-    num_tasks = (num_simulations - per_unroll) // per_task
+    num_tasks = (num_simulations - per_unroll - 5) // per_task
     if num_tasks < 10:
         raise ValueError(
-            f"ALFI needs a budget of at least {10 * per_task + per_unroll} "
+            f"ALFI needs a budget of at least {10 * per_task + per_unroll + 5} "
             f"simulations (10 tasks), got {num_simulations}."
         )
     return num_tasks
