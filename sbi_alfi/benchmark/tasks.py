@@ -4,7 +4,6 @@ exact likelihood of an observation, and exact reference posterior draws."""
 from __future__ import annotations
 
 import hashlib
-import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -12,7 +11,12 @@ from pathlib import Path
 import torch
 from sbi.utils.sbiutils import within_support
 from torch import Tensor
-from torch.distributions import Distribution, MultivariateNormal
+from torch.distributions import (
+    Categorical,
+    Distribution,
+    MixtureSameFamily,
+    MultivariateNormal,
+)
 
 from ..samplers import importance_resample
 from ..simulators import SLCP, Gaussian, Poisson, Weinberg
@@ -167,6 +171,12 @@ class _Defensive:
         covariance = bandwidth**2 * torch.cov(centres.T).reshape(d, d)
         self.scale_tril = torch.linalg.cholesky(covariance + 1e-9 * torch.eye(d))
         self.centres = centres
+        # torch's mixture for the density; its `sample` would draw every kernel
+        # for every point, so `sample` below picks one kernel per point instead.
+        self.kde = MixtureSameFamily(
+            Categorical(logits=torch.zeros(n)),
+            MultivariateNormal(centres, scale_tril=self.scale_tril),
+        )
         self.prior = prior
         self.log_weights = torch.tensor([weight, 1 - weight]).log()
 
@@ -182,13 +192,7 @@ class _Defensive:
         return torch.cat([self._log_prob(chunk) for chunk in theta.split(20_000)])
 
     def _log_prob(self, theta: Tensor) -> Tensor:
-        n, d = self.centres.shape
-        diff = (theta[:, None] - self.centres).reshape(-1, d)
-        z = torch.linalg.solve_triangular(self.scale_tril, diff.T, upper=False).T
-        log_kernel = -0.5 * z.square().sum(-1).reshape(-1, n) - (
-            self.scale_tril.diagonal().log().sum() + 0.5 * d * math.log(2 * math.pi)
-        )
-        log_kde = log_kernel.logsumexp(-1) - math.log(n)
+        log_kde = self.kde.log_prob(theta)
         inside = within_support(self.prior, theta)
         log_prior = torch.where(inside, self.prior.log_prob(theta), -torch.inf)
         return torch.logaddexp(
