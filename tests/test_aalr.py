@@ -8,11 +8,13 @@ import pytest
 import torch
 from sbi.utils import BoxUniform
 from sbi.utils.metrics import c2st
+from scipy.stats import truncnorm
 from torch import nn
 from torch.distributions import MultivariateNormal, Normal
 
 from sbi_alfi import RatioMCMCPosterior
 from sbi_alfi.aalr import METHODS
+from sbi_alfi.diagnostics import convergence
 from sbi_alfi.samplers import importance_resample
 from sbi_alfi.simulators import SLCP
 
@@ -31,10 +33,21 @@ class ExactRatio(nn.Module):
 slow = pytest.mark.slow
 
 
+def exact_moments(prior_name: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """The posterior's mean and standard deviation per coordinate. With the N(0, I)
+    prior it is the conjugate Gaussian; with the uniform prior it is the
+    likelihood, N(mean of x, NOISE^2 / n), cut to the box."""
+    n = len(X_O)
+    if prior_name == "box":
+        mean, sd = X_O.mean(0).double(), torch.tensor(NOISE / n**0.5).double()
+        cut = truncnorm((-2.5 - mean) / sd, (2.5 - mean) / sd, loc=mean, scale=sd)
+        return torch.as_tensor(cut.mean()).float(), torch.as_tensor(cut.std()).float()
+    variance = 1 / (1 + n / NOISE**2)
+    return variance * X_O.sum(0) / NOISE**2, torch.full((2,), variance**0.5)
+
+
 def reference(prior_name: str, num_samples: int = 2_000) -> torch.Tensor:
-    """Exact draws. With the N(0, I) prior the posterior is the conjugate Gaussian;
-    with the uniform prior it is the likelihood, N(mean of x, NOISE^2 / n), cut to
-    the box (by rejection)."""
+    """Exact draws (by rejection from the likelihood for the box)."""
     n = len(X_O)
     if prior_name == "box":
         mean, variance = X_O.mean(0), NOISE**2 / n
@@ -45,6 +58,27 @@ def reference(prior_name: str, num_samples: int = 2_000) -> torch.Tensor:
     if prior_name == "box":
         draws = draws[(draws.abs() <= 2.5).all(-1)]
     return draws[:num_samples]
+
+
+def check_draws(figure, samples, prior_name, c2st_bound, mean_bound, sd_bound):
+    """The draws against exact ones (C2ST) and the exact moments; the negative
+    control: the same draws, shifted by half a posterior standard deviation,
+    must fail both the C2ST and the mean."""
+    mean, sd = exact_moments(prior_name)
+    truth = reference(prior_name, len(samples))  # C2ST needs classes of equal size
+    # sbibm's C2ST, with an MLP: sbi's default random forest memorizes the exact
+    # repeats of rejected MCMC moves and scores them as a difference.
+    figure.at_most("c2st", c2st(samples, truth, classifier="mlp"), c2st_bound)
+    figure.at_most("|mean error| / sd", (samples.mean(0) - mean).abs() / sd, mean_bound)
+    figure.at_most("|sd ratio - 1|", (samples.std(0) / sd - 1).abs(), sd_bound)
+    shifted = samples + 0.5 * sd
+    planted = "draws shifted by 0.5 sd"
+    figure.at_least(
+        "c2st", c2st(shifted, truth, classifier="mlp"), c2st_bound, planted=planted
+    )
+    figure.at_least(
+        "|mean error| / sd", (shifted.mean(0) - mean).abs() / sd, mean_bound, planted
+    )
 
 
 def prior_of(name: str):
@@ -72,8 +106,7 @@ SETTINGS = {
 
 @pytest.mark.parametrize("prior_name", ["box", "gaussian"])
 @pytest.mark.parametrize("method", METHODS)
-def test_every_method_samples_the_exact_posterior(method, prior_name):
-    torch.manual_seed(0)
+def test_every_method_samples_the_exact_posterior(method, prior_name, figure):
     posterior = RatioMCMCPosterior(
         ExactRatio(),
         prior_of(prior_name),
@@ -82,21 +115,77 @@ def test_every_method_samples_the_exact_posterior(method, prior_name):
         **SETTINGS[method],
     )
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # the diagnostics are checked below
+        warnings.simplefilter("ignore")  # short chains: see the test below
         samples = posterior.sample((2_000,), x=X_O)
     assert samples.shape == (2_000, 2)
-    truth = reference(prior_name)
     if prior_name == "box":
         assert (samples.abs() <= 2.5).all()
-    # sbibm's C2ST, with an MLP: sbi's default random forest memorizes the exact
-    # repeats of rejected MCMC moves and scores them as a difference.
-    assert c2st(samples, truth, classifier="mlp").item() <= 0.55
+    check_draws(figure, samples, prior_name, 0.55, 0.15, 0.12)
     chains = posterior.chains
     assert chains.shape[0] == SETTINGS[method]["num_chains"] and chains.shape[-1] == 2
     diagnostics = posterior.diagnostics
     assert diagnostics["r_hat"].shape == diagnostics["ess"].shape == (2,)
-    assert (diagnostics["r_hat"] < 1.05).all()
     assert diagnostics["acceptance_rate"].shape == (chains.shape[0],)
+
+
+# R-hat compares the spread of chain means with the spread within chains. With
+# 20 draws per chain it measures the autocorrelation more than the convergence:
+# near the box's edge the target in the unconstrained space has an exponential
+# tail, HMC's draws there have an autocorrelation time of about 2 at any
+# trajectory length, and that alone puts R-hat at 1.04-1.07 (i.i.d. draws:
+# 1.00). It is asserted here on chains long enough to read it.
+LONG_CHAINS = {
+    "hmc_vectorized": {"num_chains": 8, "warmup_steps": 300},
+    "mh_vectorized": {"num_chains": 8, "warmup_steps": 500},
+    "hmc_pyro": {
+        "num_chains": 4,
+        "warmup_steps": 200,
+        "kernel_kwargs": {"num_steps": 5},
+    },
+    "nuts_pyro": {
+        "num_chains": 4,
+        "warmup_steps": 200,
+        "kernel_kwargs": {"max_tree_depth": 5},
+    },
+}
+
+
+@pytest.mark.parametrize("prior_name", ["box", "gaussian"])
+@pytest.mark.parametrize(
+    "method",
+    [
+        method if method.endswith("vectorized") else pytest.param(method, marks=slow)
+        for method in METHODS
+    ],
+)
+def test_long_chains_converge(method, prior_name, figure):
+    settings = LONG_CHAINS[method]
+    posterior = RatioMCMCPosterior(
+        ExactRatio(),
+        prior_of(prior_name),
+        method=method,
+        show_progress_bars=False,
+        **settings,
+    )
+    num_samples = 500 * settings["num_chains"]  # 500 draws per chain
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the ESS is checked below
+        samples = posterior.sample((num_samples,), x=X_O)
+    r_hat, ess = posterior.diagnostics["r_hat"], posterior.diagnostics["ess"]
+    figure.at_most("split R-hat", r_hat, 1.01)
+    figure.at_least("bulk ESS / draws", ess / num_samples, 0.25)
+    check_draws(figure, samples, prior_name, 0.55, 0.15, 0.12)
+    # Negative control: half the chains moved by half a posterior sd (R-hat^2
+    # grows by about a quarter of the squared shift).
+    _, sd = exact_moments(prior_name)
+    chains = posterior.chains.clone()
+    chains[: len(chains) // 2] += 0.5 * sd
+    figure.at_least(
+        "split R-hat",
+        convergence(chains)[0],
+        1.01,
+        planted="half the chains moved by 0.5 sd",
+    )
 
 
 class SLCPLikelihood(nn.Module):
@@ -109,7 +198,7 @@ class SLCPLikelihood(nn.Module):
 
 
 @functools.cache
-def slcp_problem(prior_name: str):
+def slcp_problem(prior_name: str, seed: int):
     """SLCP's prior (or a wide Gaussian one), an observation at θ_true, and 2,000
     exact posterior draws: prior draws resampled by the likelihood. Their
     effective number (checked inside) is over 20,000, so no Markov chain is
@@ -121,7 +210,7 @@ def slcp_problem(prior_name: str):
     else:
         prior = MultivariateNormal(torch.zeros(5), 4 * torch.eye(5))
         num_proposals = 25_000_000
-    torch.manual_seed(0)
+    torch.manual_seed(seed)
     x_o = simulator(simulator.theta_true[None])
 
     def log_target(theta):
@@ -172,9 +261,9 @@ SLCP_SETTINGS = {
         for method in METHODS
     ],
 )
-def test_every_method_samples_the_slcp_posterior(method, prior_name):
-    prior, x_o, truth = slcp_problem(prior_name)
-    torch.manual_seed(1)
+def test_every_method_samples_the_slcp_posterior(method, prior_name, seed, figure):
+    prior, x_o, truth = slcp_problem(prior_name, seed)
+    torch.manual_seed(seed + 1)
     posterior = RatioMCMCPosterior(
         SLCPLikelihood(),
         prior,
@@ -185,26 +274,36 @@ def test_every_method_samples_the_slcp_posterior(method, prior_name):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # R-hat is high across the modes
         samples = posterior.sample((2_000,), x=x_o)
-    assert c2st(samples, truth, classifier="mlp").item() <= 0.55
+    figure.at_most("c2st", c2st(samples, truth, classifier="mlp"), 0.55)
+    # Negative control: the chains of one mode (θ3 > 0, θ4 > 0) sent to its
+    # mirror image, as when the initialization misses a mode.
+    missing = samples.clone()
+    mode = (missing[:, 2] > 0) & (missing[:, 3] > 0)
+    missing[mode, 2:4] *= -1
+    figure.at_least(
+        "c2st",
+        c2st(missing, truth, classifier="mlp"),
+        0.55,
+        planted="one of the four modes missing",
+    )
 
 
-def test_mh_defaults_thin_enough_for_an_accurate_posterior():
+def test_mh_defaults_thin_enough_for_an_accurate_posterior(figure):
     # With every setting left at its default: 100 chains, 200 warmup steps and,
     # for random-walk MH, thin 20 (thin 1 gave 20 correlated draws per chain;
     # thin 10 gave a bulk ESS just under the draws asked for).
-    torch.manual_seed(0)
     posterior = RatioMCMCPosterior(
         ExactRatio(), prior_of("gaussian"), "mh_vectorized", show_progress_bars=False
     )
     assert posterior.thin == 20
     with warnings.catch_warnings():
-        warnings.simplefilter("error")  # converged: no warning either
+        warnings.simplefilter("ignore")  # 20 draws per chain: checked below
         draws = posterior.sample((2_000,), x=X_O)
-    assert c2st(draws, reference("gaussian"), classifier="mlp") <= 0.55
+    figure.at_least("bulk ESS / draws", posterior.diagnostics["ess"] / 2_000, 0.8)
+    check_draws(figure, draws, "gaussian", 0.55, 0.15, 0.12)
 
 
-def test_a_short_run_warns_with_the_numbers():
-    torch.manual_seed(0)
+def test_a_short_run_warns_with_the_numbers(figure):
     posterior = RatioMCMCPosterior(
         ExactRatio(),
         prior_of("box"),
@@ -215,6 +314,7 @@ def test_a_short_run_warns_with_the_numbers():
     )
     with pytest.warns(UserWarning, match=r"bulk ESS down to \d+, below the 500 draws"):
         posterior.sample((500,), x=X_O)
+    figure.at_most("bulk ESS / draws", posterior.diagnostics["ess"] / 500, 0.5)
 
 
 def test_potential_and_default_x():
@@ -263,10 +363,10 @@ def test_estimator_shapes_are_checked_against_the_prior_and_x():
 # The AALR trainer
 
 
-def test_aalr_learns_the_ratio_of_a_gaussian_model():
+def test_aalr_learns_the_ratio_of_a_gaussian_model(figure):
     from sbi_alfi import AALR
+    from sbi_alfi.aalr import smooth_classifier
 
-    torch.manual_seed(0)
     prior = BoxUniform(-2 * torch.ones(2), 2 * torch.ones(2))
     theta = prior.sample((3_000,))
     x = theta + 0.3 * torch.randn_like(theta)
@@ -274,14 +374,24 @@ def test_aalr_learns_the_ratio_of_a_gaussian_model():
     estimator = inference.append_simulations(theta, x).train(max_num_epochs=40)
     activations = {type(m) for m in estimator.modules()}
     assert nn.SiLU in activations and nn.ReLU not in activations
-    posterior = inference.build_posterior(num_chains=50, warmup_steps=200)
     x_o = torch.tensor([0.5, -0.5])
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        samples = posterior.sample((2_000,), x=x_o)
-    # The exact posterior is N(x_o, 0.3^2 I), barely cut by the box.
-    assert torch.allclose(samples.mean(0), x_o, atol=0.1)
-    assert ((samples.std(0) > 0.2) & (samples.std(0) < 0.42)).all()
+    # Negative control: the same classifier, untrained.
+    untrained = smooth_classifier()(theta, x)
+    for name, net in [("", estimator), ("an untrained classifier", untrained)]:
+        posterior = RatioMCMCPosterior(
+            net, prior, num_chains=50, warmup_steps=200, show_progress_bars=False
+        )
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            samples = posterior.sample((2_000,), x=x_o)
+        # The exact posterior is N(x_o, 0.3^2 I), barely cut by the box.
+        error = (samples.mean(0) - x_o).abs().max() / 0.3
+        sd_error = (samples.std(0) / 0.3 - 1).abs().max()
+        if not name:
+            figure.at_most("|mean error| / sd", error, 0.33)
+            figure.at_most("|sd ratio - 1|", sd_error, 0.4)
+        else:
+            figure.at_least("|sd ratio - 1|", sd_error, 0.4, planted=name)
 
 
 def test_aalr_needs_training_first():
@@ -291,8 +401,7 @@ def test_aalr_needs_training_first():
         AALR(prior_of("box")).build_posterior()
 
 
-def test_sample_batched_runs_every_observation_at_once():
-    torch.manual_seed(0)
+def test_sample_batched_runs_every_observation_at_once(figure):
     calls = []
 
     class CountingRatio(ExactRatio):
@@ -318,6 +427,14 @@ def test_sample_batched_runs_every_observation_at_once():
     # for the 3 x 50 chains.
     assert calls[:2] == [2 * 3, 3 * 10_000] and set(calls[2:]) == {3 * 50}
     # Each observation's exact posterior: N(x / (1 + NOISE^2), NOISE^2 / (1 + NOISE^2)).
-    variance = NOISE**2 / (1 + NOISE**2)
-    assert torch.allclose(samples.mean(0), x / (1 + NOISE**2), atol=0.08)
-    assert torch.allclose(samples.var(0), torch.full((3, 2), variance), atol=0.05)
+    mean, sd = x / (1 + NOISE**2), (NOISE**2 / (1 + NOISE**2)) ** 0.5
+    figure.at_most("|mean error| / sd", (samples.mean(0) - mean).abs() / sd, 0.2)
+    figure.at_most("|sd ratio - 1|", (samples.std(0) / sd - 1).abs(), 0.15)
+    # Negative control: each observation's draws against the next one's posterior,
+    # as if the chains had been paired with the wrong observations.
+    figure.at_least(
+        "|mean error| / sd",
+        (samples.mean(0) - mean.roll(1, 0)).abs().max(-1).values.min() / sd,
+        0.2,
+        planted="observations swapped",
+    )
