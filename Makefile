@@ -21,12 +21,16 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(PY) -m sbi_alfi.demo
 
+# Two pytest workers with one torch thread each (conftest.py pins it): the same
+# code path on any machine, both cores of a 2-core one busy.
+WORKERS ?= 2
+
 test: $(STAMP)
 	$(PY) -m ruff check .
-	$(PY) -m pytest
+	$(PY) -m pytest -n $(WORKERS)
 
 test-slow: $(STAMP)
-	$(PY) -m pytest -m slow
+	$(PY) -m pytest -n $(WORKERS) -m slow
 
 lint: $(STAMP)
 	$(PY) -m ruff check .

@@ -7,7 +7,8 @@ figures of the statistical assertions.
   under any other seed: `benchmarks/seed_sweep.py` runs the statistical tests
   under many and tabulates their figures.
 - One thread. How torch splits a reduction over threads changes its last bits,
-  so a seeded figure depends on the number of cores; the test run uses one.
+  so a seeded figure depends on the number of cores; the test run uses one per
+  process, and as many processes as `make test` asks of pytest-xdist.
 - The figures. A statistical assertion goes through the `figure` fixture
   (`figure.at_most(name, value, bound)`), which asserts and, with
   `--figures PATH`, appends the figure, its bound and the seed to `PATH` as a JSON
@@ -17,6 +18,7 @@ figures of the statistical assertions.
 from __future__ import annotations
 
 import json
+import os
 import random
 from pathlib import Path
 
@@ -25,6 +27,10 @@ import pytest
 import torch
 
 torch.set_num_threads(1)
+# ... and in the processes the tests start (notebook kernels, the benchmark
+# command), whose torch reads these when it loads. Two test workers on two cores
+# with OpenMP threads of their own stall each other (threads that spin-wait).
+os.environ.update(OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:

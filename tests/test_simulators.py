@@ -15,7 +15,7 @@ from sbi_alfi.simulators import SLCP, Gaussian, Poisson, Simulator, Weinberg
 SIMULATORS = [Poisson, Gaussian, Weinberg, SLCP]
 TRACTABLE = [Poisson, Gaussian, Weinberg, SLCP]
 WITH_MLE = [Poisson, Gaussian, SLCP]
-P_MIN = 1e-3  # goodness-of-fit tests reject below this p-value (seeds are fixed)
+P_MIN = 1e-3  # goodness-of-fit tests reject below this p-value
 
 
 @pytest.fixture(params=SIMULATORS, ids=lambda cls: cls.__name__)
@@ -28,7 +28,6 @@ def sim(request) -> Simulator:
 
 @pytest.mark.parametrize("batch_shape", [(), (7,), (2, 3)])
 def test_batched_shapes(sim, batch_shape):
-    torch.manual_seed(0)
     theta = sim.prior.sample(batch_shape)
     x = sim(theta)
     assert x.shape == (*batch_shape, *sim.x_shape)
@@ -37,39 +36,42 @@ def test_batched_shapes(sim, batch_shape):
     assert sim.log_likelihood(theta, x).shape == batch_shape
 
 
-def test_seeded(sim):
+def test_seeded(sim, seed):
     theta = sim.prior.sample((64,))
-    torch.manual_seed(1)
+    torch.manual_seed(seed + 1)
     first = sim(theta)
-    torch.manual_seed(1)
+    torch.manual_seed(seed + 1)
     assert torch.equal(first, sim(theta))
-    draws = [sim(theta, generator=torch.Generator().manual_seed(s)) for s in (2, 2, 3)]
+    draws = [
+        sim(theta, generator=torch.Generator().manual_seed(seed + s)) for s in (2, 2, 3)
+    ]
     assert torch.equal(draws[0], draws[1])
     assert not torch.equal(draws[0], draws[2])
 
 
-def test_accepted_by_sbi(sim):
+def test_accepted_by_sbi(sim, seed):
     prior, theta_dim, prior_returns_numpy = process_prior(sim.prior)
     assert theta_dim == sim.theta_dim and not prior_returns_numpy
     simulator = process_simulator(sim, prior, prior_returns_numpy)
     check_sbi_inputs(simulator, prior)
 
     theta = prior.sample((10,))
-    torch.manual_seed(0)
+    torch.manual_seed(seed)
     wrapped = simulator(theta)
-    torch.manual_seed(0)
+    torch.manual_seed(seed)
     assert torch.equal(wrapped, sim(theta))  # called once on the batch, not per row
 
     theta, x = simulate_for_sbi(simulator, prior, 20, show_progress_bar=False)
     assert theta.shape == (20, sim.theta_dim) and x.shape == (20, *sim.x_shape)
 
 
-def test_pickles(sim):
+def test_pickles(sim, seed):
     clone = pickle.loads(pickle.dumps(sim))
     theta = sim.prior.sample((5,))
     generator = torch.Generator()
     assert torch.equal(
-        sim(theta, generator.manual_seed(0)), clone(theta, generator.manual_seed(0))
+        sim(theta, generator.manual_seed(seed)),
+        clone(theta, generator.manual_seed(seed)),
     )
 
 
@@ -162,17 +164,18 @@ def chi_square_pvalue(counts: np.ndarray, pmf: np.ndarray, num_bins: int = 30) -
 
 
 @pytest.mark.parametrize("log_rate", [0.2, 1.0, 3.0, 7.0])
-def test_poisson_samples_follow_the_pmf(log_rate):
+def test_poisson_samples_follow_the_pmf(log_rate, seed, figure):
     sim = Poisson()
     theta = torch.tensor([[log_rate]], dtype=torch.float64)
-    counts = sim(theta.expand(20_000, 1), torch.Generator().manual_seed(0))
+    counts = sim(theta.expand(20_000, 1), torch.Generator().manual_seed(seed))
     support = torch.arange(0.0, 3 * np.exp(log_rate) + 30, dtype=torch.float64)
     pmf = sim.log_likelihood(theta, support[:, None]).exp().numpy()
     assert pmf.sum() == pytest.approx(1.0, abs=1e-9)
-    assert chi_square_pvalue(counts[:, 0].numpy(), pmf) > P_MIN
+    figure.at_least("chi2 p-value", chi_square_pvalue(counts[:, 0].numpy(), pmf), P_MIN)
     # ... and the test has the power to see a rate 5% off
     wrong = sim.log_likelihood(theta + 0.05, support[:, None]).exp().numpy()
-    assert chi_square_pvalue(counts[:, 0].numpy(), wrong) < P_MIN
+    p_wrong = chi_square_pvalue(counts[:, 0].numpy(), wrong)
+    figure.at_most("chi2 p-value", p_wrong, P_MIN, planted="rate 5% off")
 
 
 def test_poisson_log_likelihood_is_exact():
@@ -197,20 +200,21 @@ WEINBERG_THETAS = {
 
 
 @pytest.mark.parametrize("theta", WEINBERG_THETAS.values(), ids=WEINBERG_THETAS.keys())
-def test_weinberg_samples_follow_the_density(theta):
+def test_weinberg_samples_follow_the_density(theta, seed, figure):
     sim = Weinberg()
     theta = torch.tensor([theta], dtype=torch.float64)
-    c = sim(theta.expand(20_000, 2), torch.Generator().manual_seed(0))[:, 0]
+    c = sim(theta.expand(20_000, 2), torch.Generator().manual_seed(seed))[:, 0]
 
     def cdf(points, theta=theta):
         return sim.cdf(theta, torch.as_tensor(points)[:, None]).numpy()
 
-    assert stats.kstest(c.numpy(), cdf).pvalue > P_MIN
+    figure.at_least("KS p-value", stats.kstest(c.numpy(), cdf).pvalue, P_MIN)
     a = Weinberg.asymmetry(theta)
     # ... and the test has the power to see A moved 0.5 towards zero
     wrong = theta.clone()
     wrong[0, 1] *= 1 - 0.5 / a.abs().item()
-    assert stats.kstest(c.numpy(), cdf, args=(wrong,)).pvalue < P_MIN
+    p_wrong = stats.kstest(c.numpy(), cdf, args=(wrong,)).pvalue
+    figure.at_most("KS p-value", p_wrong, P_MIN, planted="A moved 0.5 towards 0")
     # No draw falls where the quadratic is negative.
     assert torch.all(1 + c**2 + a * c > 0)
 
@@ -247,14 +251,15 @@ def test_weinberg_density_integrates_to_one():
 
 
 @pytest.mark.parametrize("theta", [(-4.0, 0.5), (0.0, 1.0), (3.0, 2.9)])
-def test_gaussian_samples_follow_the_density(theta):
+def test_gaussian_samples_follow_the_density(theta, seed, figure):
     sim = Gaussian()
     mu, sigma = theta
-    x = sim(torch.tensor([theta]).expand(20_000, 2), torch.Generator().manual_seed(0))
-    assert stats.kstest(x[:, 0].numpy(), stats.norm(mu, sigma).cdf).pvalue > P_MIN
-    assert (
-        stats.kstest(x[:, 0].numpy(), stats.norm(mu, 1.05 * sigma).cdf).pvalue < P_MIN
-    )
+    generator = torch.Generator().manual_seed(seed)
+    x = sim(torch.tensor([theta]).expand(20_000, 2), generator)
+    p_value = stats.kstest(x[:, 0].numpy(), stats.norm(mu, sigma).cdf).pvalue
+    figure.at_least("KS p-value", p_value, P_MIN)
+    p_wrong = stats.kstest(x[:, 0].numpy(), stats.norm(mu, 1.05 * sigma).cdf).pvalue
+    figure.at_most("KS p-value", p_wrong, P_MIN, planted="sigma 5% off")
     log_p = sim.log_likelihood(torch.tensor([theta], dtype=torch.float64), x.double())
     assert np.allclose(log_p.numpy(), stats.norm(mu, sigma).logpdf(x[:, 0].numpy()))
 
@@ -274,16 +279,30 @@ def slcp_covariance(theta: np.ndarray) -> np.ndarray:
 
 
 @pytest.mark.parametrize("index", [0, 1])
-def test_slcp_samples_follow_the_density(index):
+def test_slcp_samples_follow_the_density(index, seed, figure):
     sim = SLCP()
     theta = [sim.theta_true, torch.tensor([-1.0, 2.0, 1.5, -0.5, -2.0])][index]
-    x = sim(theta.expand(5_000, 5).double(), torch.Generator().manual_seed(0))
+    x = sim(theta.expand(5_000, 5).double(), torch.Generator().manual_seed(seed))
     points = x.reshape(-1, 2).numpy()
+
+    def whitened(theta):
+        cov = slcp_covariance(theta.double().numpy())
+        return np.linalg.solve(np.linalg.cholesky(cov), (points - theta[:2].numpy()).T)
+
+    # Whitened by the exact covariance, the points are i.i.d. N(0, I); the
+    # negative control whitens them with theta_5 moved by 0.2 (another rho).
+    wrong = theta.clone()
+    wrong[4] += 0.2
+    for planted, white in [("", whitened(theta)), ("theta_5 + 0.2", whitened(wrong))]:
+        p_value = min(stats.kstest(row, "norm").pvalue for row in white)
+        z = abs(np.corrcoef(white)[0, 1]) * np.sqrt(len(points))
+        if planted:
+            figure.at_most("KS p-value", p_value, P_MIN, planted)
+            figure.at_least("|correlation| sqrt(n)", z, 4, planted)
+        else:
+            figure.at_least("KS p-value", p_value, P_MIN)
+            figure.at_most("|correlation| sqrt(n)", z, 4)
     cov = slcp_covariance(theta.double().numpy())
-    white = np.linalg.solve(np.linalg.cholesky(cov), (points - theta[:2].numpy()).T)
-    for row in white:
-        assert stats.kstest(row, "norm").pvalue > P_MIN
-    assert abs(np.corrcoef(white)[0, 1]) < 4 / np.sqrt(len(points))
     # The likelihood is the product of the four exact bivariate normal densities.
     expected = stats.multivariate_normal(theta[:2].numpy(), cov).logpdf(points)
     log_p = sim.log_likelihood(theta.double(), x)
@@ -305,7 +324,6 @@ def perturbations(d: int, step: float = 1e-2) -> torch.Tensor:
 def test_mle_maximizes_the_exact_likelihood(cls):
     """The closed form is a stationary maximum of the exact log-likelihood."""
     sim = cls()
-    torch.manual_seed(0)
     for theta in sim.prior.sample((5,)).double():
         x = sim(theta.expand(200, -1))
         mle = sim.mle(x)
@@ -316,9 +334,8 @@ def test_mle_maximizes_the_exact_likelihood(cls):
 
 
 @pytest.mark.parametrize("cls", WITH_MLE, ids=lambda cls: cls.__name__)
-def test_mle_recovers_theta_on_large_data(cls):
+def test_mle_recovers_theta_on_large_data(cls, figure):
     sim = cls()
-    torch.manual_seed(0)
     theta = sim.prior.sample((4,))
     if cls is SLCP:
         theta[:, 2:4] = theta[:, 2:4].abs().clamp(min=0.5)  # the identified signs
@@ -326,12 +343,14 @@ def test_mle_recovers_theta_on_large_data(cls):
     x = sim(theta.unsqueeze(1).expand(-1, 50_000, -1))  # 4 data sets at once
     estimate = sim.mle(x)
     assert estimate.shape == theta.shape
-    assert torch.allclose(estimate, theta, atol=0.05)
+    figure.at_most("|MLE - theta|", (estimate - theta).abs(), 0.05)
+    # Negative control: the same estimates against theta moved by 0.1.
+    moved = (estimate - theta - 0.1).abs()
+    figure.at_least("|MLE - theta|", moved.max(-1).values.min(), 0.05, "theta + 0.1")
 
 
-def test_weinberg_asymmetry_mle_maximizes_the_exact_likelihood():
+def test_weinberg_asymmetry_mle_maximizes_the_exact_likelihood(figure):
     sim = Weinberg()
-    torch.manual_seed(0)
     theta = sim.prior.sample((6,)).double()
     theta[0] = torch.tensor([50.0, 1.5])  # A = 2.41, the edge of the prior's range
     theta[1] = torch.tensor([49.0, 1.4])  # |A| > 2, inside the range
@@ -349,6 +368,7 @@ def test_weinberg_asymmetry_mle_maximizes_the_exact_likelihood():
         moved = (a_hat + delta).clamp(a_min, a_max)
         assert (log_l(moved) <= log_l(a_hat)).all()
     large = sim(theta[:3].unsqueeze(1).expand(-1, 20_000, -1))
-    assert torch.allclose(
-        sim.asymmetry_mle(large), Weinberg.asymmetry(theta[:3]), atol=0.03
-    )
+    error = sim.asymmetry_mle(large) - Weinberg.asymmetry(theta[:3])
+    figure.at_most("|MLE of A - A|", error.abs(), 0.03)
+    planted = "A + 0.06"
+    figure.at_least("|MLE of A - A|", (error - 0.06).abs().min(), 0.03, planted)

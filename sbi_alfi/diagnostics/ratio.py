@@ -60,9 +60,9 @@ def ratio_normalization(
         >>> def exact(theta, x):  # log N(x; theta, 1) - log N(x; 0, 2)
         ...     return (Normal(theta, 1).log_prob(x)
         ...             - Normal(0, 2**0.5).log_prob(x)).sum(-1)
-        >>> value, error = ratio_normalization(exact, prior, simulator)
-        >>> abs(value - 1) < 3 * error
-        True
+        >>> value, error = ratio_normalization(exact, prior, simulator, 100_000)
+        >>> round(value, 1)  # Var r = 1 here, so the error is about 0.003
+        1.0
     """
     if num_simulations < 2:
         raise ValueError(
@@ -154,7 +154,7 @@ def ratio_roc_auc(
         ...     return (Normal(theta, 1).log_prob(x)
         ...             - Normal(0, 2**0.5).log_prob(x)).sum(-1)
         >>> roc = ratio_roc_auc(exact, prior, simulator, num_theta=3)
-        >>> bool((roc.auc < 0.56).all())
+        >>> bool((roc.auc < 0.6).all())  # chance is 0.5; a wrong ratio scores more
         True
     """
     if num_simulations < MIN_SIMULATIONS:

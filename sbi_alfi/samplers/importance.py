@@ -52,8 +52,8 @@ def importance_resample(
         >>> target = MultivariateNormal(torch.ones(2), 0.25 * torch.eye(2))
         >>> proposal = MultivariateNormal(torch.zeros(2), torch.eye(2))
         >>> draws, ess = importance_resample(
-        ...     target.log_prob, proposal, num_samples=500, num_proposals=50_000)
-        >>> draws.mean(0).round(decimals=1).tolist(), ess > 5_000
+        ...     target.log_prob, proposal, num_samples=5_000, num_proposals=500_000)
+        >>> draws.mean(0).round(decimals=1).tolist(), ess > 50_000
         ([1.0, 1.0], True)
     """
     theta = proposal.sample((num_proposals,))
