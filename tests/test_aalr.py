@@ -2,6 +2,7 @@
 posterior, diagnostics, bad input."""
 
 import functools
+import re
 import warnings
 
 import pytest
@@ -346,6 +347,43 @@ def test_bad_input():
         posterior.sample((10,), x=torch.zeros(2, 3))
     with pytest.raises(ValueError, match="set_default_x"):
         posterior.sample((10,))
+
+
+def test_theta_of_the_wrong_dimension():
+    posterior = RatioMCMCPosterior(
+        ExactRatio(), prior_of("gaussian"), show_progress_bars=False
+    ).set_default_x(X_O)
+    message = r"`theta` must have shape \(\*, 2\), the prior's 2 parameters last"
+    for theta in (torch.zeros(5, 3), torch.zeros(1), torch.tensor(0.0)):
+        shape = re.escape(str(tuple(theta.shape)))
+        with pytest.raises(ValueError, match=f"{message}, got {shape}"):
+            posterior.potential(theta)
+        with pytest.raises(ValueError, match=message), pytest.warns(UserWarning):
+            posterior.log_prob(theta)
+    with pytest.raises(ValueError, match=r"`init_method` must have shape \(\*, 2\)"):
+        posterior.map(init_method=torch.zeros(10, 3))
+    with pytest.raises(ValueError, match="`init_method` must be 'posterior' or a"):
+        posterior.map(init_method="prior")
+    with pytest.raises(ValueError, match=r"`theta` has NaN in 1 of 2"):
+        posterior.potential(torch.tensor([[0.0, 0.0], [0.0, torch.nan]]))
+
+
+def test_log_prob_potential_and_map_take_sbis_calls():
+    prior = prior_of("gaussian")
+    posterior = RatioMCMCPosterior(ExactRatio(), prior, show_progress_bars=False)
+    posterior.set_default_x(X_O)
+    theta = torch.randn(3, 4, 2)  # any batch shape
+    potential = posterior.potential(theta)
+    assert potential.shape == (3, 4)
+    with pytest.warns(UserWarning) as record:  # sbi's two warnings
+        assert torch.equal(posterior.log_prob(theta), potential)
+    messages = " ".join(str(warning.message) for warning in record)
+    assert "unnormalized" in messages and "Use `.potential()`" in messages
+    # The MAP from given initial values: the conjugate posterior's mean.
+    variance = 1 / (1 + len(X_O) / NOISE**2)
+    mode = variance * X_O.sum(0) / NOISE**2
+    found = posterior.map(init_method=torch.randn(20, 2), num_iter=300)
+    assert torch.allclose(found, mode, atol=1e-3)
 
 
 def test_estimator_shapes_are_checked_against_the_prior_and_x():

@@ -2,6 +2,7 @@
 
 import copy
 import pickle
+import re
 
 import numpy as np
 import pytest
@@ -344,6 +345,49 @@ def test_cuda():
 
 
 # Bad input
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="has a GPU")
+def test_cuda_without_a_gpu_gets_sbis_error(poisson):
+    with pytest.raises(RuntimeError, match=r"Could not instantiate .*device=cuda"):
+        ALFI(poisson.prior, poisson, device="cuda")
+
+
+def test_theta_of_the_wrong_dimension(seed):
+    # A two-parameter model, so that a three-parameter theta broadcasts nowhere.
+    sim = Gaussian()
+    inference = ALFI(sim.prior, sim, show_progress_bars=False, **BUDGET)
+    inference.train(num_tasks=20, num_observations=10, max_num_epochs=1)
+    posterior = inference.build_posterior()
+    x_o = sim(torch.tensor([[0.5, 1.0]]).expand(10, 2))
+    message = r"`theta` must have shape \(\*, 2\), the prior's 2 parameters last, got"
+    for theta in (torch.zeros(4, 3), torch.zeros(3), torch.tensor(1.0)):
+        shape = re.escape(str(tuple(theta.shape)))
+        with pytest.raises(ValueError, match=f"{message} {shape}"):
+            posterior.log_prob(theta, x=x_o)
+        with pytest.raises(ValueError, match=message):
+            posterior.potential(theta, x=x_o)
+    with pytest.raises(ValueError, match=r"`theta` has NaN in 1 of 2 parameter"):
+        posterior.log_prob(torch.tensor([[0.0, 1.0], [torch.nan, 1.0]]), x=x_o)
+    # Any batch shape (*, 2) is a batch of parameters.
+    theta = sim.prior.sample((3, 4))
+    assert posterior.log_prob(theta, x=x_o).shape == (3, 4)
+    assert torch.equal(
+        posterior.potential(theta, x=x_o), posterior.log_prob(theta, x=x_o)
+    )
+
+
+def test_scalar_data_sets_may_drop_their_last_axis(trained, poisson):
+    posterior = trained.build_posterior()
+    x_o = poisson(torch.tensor([[2.0]]).expand(50, 1))
+    assert torch.equal(posterior.map(x=x_o[:, 0]), posterior.map(x=x_o))  # (n,)
+    # The error names the shape that was passed, not an internal reshape.
+    with pytest.raises(
+        ValueError, match=r"of shape \(n, 1\) with n >= 1, got \(2, 3\)"
+    ):
+        posterior.sample((1,), x=torch.ones(2, 3))
+    with pytest.raises(ValueError, match=r"shape \(B, n, 1\) with n >= 1, got \(7,\)"):
+        posterior.sample_batched((1,), x=torch.ones(7))
 
 
 def test_bad_data_sets(trained):

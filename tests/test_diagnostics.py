@@ -185,10 +185,92 @@ def test_ratio_roc_auc(name, log_ratio, figure):
 def test_ratio_roc_auc_rejects_bad_input():
     with pytest.raises(ValueError, match="at least 100"):
         ratio_roc_auc(exact_log_ratio, GAUSSIAN_PRIOR, gaussian_simulator, None, 2, 50)
-    with pytest.raises(ValueError, match=r"shape \(K, D\)"):
+    with pytest.raises(ValueError, match=r"shape \(K, 1\).*got \(3,\)"):
         ratio_roc_auc(
             exact_log_ratio, GAUSSIAN_PRIOR, gaussian_simulator, torch.zeros(3)
         )
+
+
+def numpy_simulator(theta):
+    """sbi accepts simulators that return NumPy arrays (here float64)."""
+    return gaussian_simulator(torch.as_tensor(theta)).double().numpy()
+
+
+def test_diagnostics_take_numpy_simulators(seed):
+    runs = {}
+    for name, simulator in [("torch", gaussian_simulator), ("numpy", numpy_simulator)]:
+        torch.manual_seed(seed)
+        value, _ = ratio_normalization(exact_log_ratio, GAUSSIAN_PRIOR, simulator, 200)
+        roc = ratio_roc_auc(
+            exact_log_ratio, GAUSSIAN_PRIOR, simulator, num_theta=2, num_simulations=100
+        )
+        runs[name] = value, roc.auc
+    # The same draws, so the same figures (to the float32 rounding of the arrays).
+    assert runs["numpy"][0] == pytest.approx(runs["torch"][0], rel=1e-5)
+    assert torch.allclose(runs["numpy"][1], runs["torch"][1], atol=1e-6)
+
+
+def test_diagnostics_take_unbatched_simulators():
+    def one_at_a_time(theta):
+        assert theta.dim() == 1
+        return gaussian_simulator(theta)
+
+    value, error = ratio_normalization(
+        exact_log_ratio, GAUSSIAN_PRIOR, one_at_a_time, 200
+    )
+    assert value > 0 and error > 0
+    roc = ratio_roc_auc(
+        exact_log_ratio, GAUSSIAN_PRIOR, one_at_a_time, num_theta=2, num_simulations=100
+    )
+    assert roc.auc.shape == (2,)
+
+
+def test_diagnostics_name_a_failing_simulator():
+    def raising(theta):
+        raise RuntimeError("solver diverged")
+
+    def nan_above_one(theta):
+        return torch.where(theta > 1, torch.nan, gaussian_simulator(theta))
+
+    for diagnostic in (ratio_normalization, ratio_roc_auc):
+        with pytest.raises(ValueError, match="simulator raised RuntimeError"):
+            diagnostic(exact_log_ratio, GAUSSIAN_PRIOR, raising)
+        with pytest.raises(ValueError, match=r"NaN or inf in \d+ of \d+ rows"):
+            diagnostic(exact_log_ratio, GAUSSIAN_PRIOR, nan_above_one)
+
+
+def test_theta_of_the_wrong_dimension():
+    with pytest.raises(ValueError, match=r"`theta` must have shape \(K, 1\).*\(3, 2\)"):
+        ratio_roc_auc(
+            exact_log_ratio, GAUSSIAN_PRIOR, gaussian_simulator, torch.zeros(3, 2)
+        )
+    posterior = RatioMCMCPosterior(ScaledRatio(), GAUSSIAN_PRIOR)
+    with pytest.raises(ValueError, match=r"`theta` must have shape \(N, 1\).*\(4, 2\)"):
+        expected_coverage(posterior, torch.zeros(4, 2), torch.zeros(4, 1))
+    x = torch.zeros(4, 1)
+    x[2] = torch.inf
+    with pytest.raises(ValueError, match="`x` has NaN or inf in 1 of 4 pairs"):
+        expected_coverage(posterior, torch.zeros(4, 1), x)
+
+
+def test_roc_classifiers_fit_on_one_openmp_thread(monkeypatch):
+    # scikit-learn's OpenMP threads and torch's oversubscribed the cores: the
+    # same call took 0.4 s or more than 100 s. The fits run on one thread.
+    from threadpoolctl import threadpool_info
+
+    from sbi_alfi.diagnostics import ratio
+
+    threads = []
+
+    class Recording(ratio.HistGradientBoostingClassifier):
+        def fit(self, *args, **kwargs):
+            openmp = [p for p in threadpool_info() if p["user_api"] == "openmp"]
+            threads.extend(p["num_threads"] for p in openmp)
+            return super().fit(*args, **kwargs)
+
+    monkeypatch.setattr(ratio, "HistGradientBoostingClassifier", Recording)
+    ratio_roc_auc(exact_log_ratio, GAUSSIAN_PRIOR, gaussian_simulator, num_theta=2)
+    assert threads and set(threads) == {1}
 
 
 def test_diagnostic_plots_draw_their_curves():

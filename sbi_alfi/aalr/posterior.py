@@ -166,6 +166,28 @@ class RatioMCMCPosterior(CheckedPosterior):
         log_jacobian = self.theta_transform.log_abs_det_jacobian(theta, z)
         return self.potential_fn(theta, track_gradients=True) - log_jacobian
 
+    def log_prob(
+        self, theta: Tensor, x: Tensor | None = None, track_gradients: bool = False
+    ) -> Tensor:
+        r"""The unnormalized log-density, :meth:`potential`, with the warnings of
+        `sbi`'s `MCMCPosterior.log_prob`: the evidence of a ratio is unknown.
+
+        Arguments:
+            theta: Parameters of shape `(*, D)`.
+            x: The observation(s); the default x when `None`.
+            track_gradients: Whether the result tracks gradients.
+
+        Returns:
+            The log-densities up to a constant, of shape `(*)`.
+        """
+        warnings.warn(
+            "`.log_prob()` is deprecated for methods that can only evaluate the "
+            "log-probability up to a normalizing constant. Use `.potential()` instead.",
+            stacklevel=2,
+        )
+        warnings.warn("The log-probability is unnormalized!", stacklevel=2)
+        return self.potential(theta, x=x, track_gradients=track_gradients)
+
     def _check_x(self, x: Tensor) -> Tensor:
         x = torch.as_tensor(x, dtype=torch.float32)
         if x.dim() == 1:

@@ -12,6 +12,7 @@ from typing import Any, Literal
 
 import torch
 from sbi.utils import mcmc_transform, process_prior
+from sbi.utils.torchutils import process_device
 from sbi.utils.user_input_checks import process_simulator
 from torch import Tensor, nn
 from torch.distributions import Distribution
@@ -110,7 +111,7 @@ class ALFI:
             )
         if initial_scale <= 0:
             raise ValueError(f"`initial_scale` must be positive, got {initial_scale}.")
-        self._device = torch.device(device)
+        self._device = torch.device(process_device(device))  # sbi's clear error
         self._prior, self._theta_dim, self._prior_returns_numpy = process_prior(prior)
         self._user_simulator = simulator
         self._simulator = process_simulator(

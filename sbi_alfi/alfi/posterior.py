@@ -140,18 +140,24 @@ class ALFIPosterior(CheckedPosterior):
 
     def _check_x(self, x: Tensor, batched: bool = False) -> Tensor:
         r"""`x` as data sets `(B, n, *x_shape)` (or one, `(n, *x_shape)`, when not
-        `batched`) on the device, or a :class:`ValueError` that names the problem."""
+        `batched`) on the device, or a :class:`ValueError` that names the problem.
+
+        A data set of scalar observations (`x_shape == (1,)`) may also come
+        without its last axis, `(n,)`. Batches may not: `(B, 1)` could be `B` data
+        sets of one point or one data set without its batch axis."""
         x_shape = self.machine.x_shape
         x = torch.as_tensor(x, dtype=torch.float32)
+        given = tuple(x.shape)  # the errors name what the user passed
         k = len(x_shape) + (2 if batched else 1)
         if not batched and x.dim() == k - 1:
-            x = x.unsqueeze(0)  # a single point is a data set of n = 1
+            # n scalar points, or a single point: a data set of n = 1
+            x = x.unsqueeze(-1) if x_shape == (1,) else x.unsqueeze(0)
         expected = "(B, n, " if batched else "(n, "
         if x.dim() != k or x.shape[x.dim() - len(x_shape) :] != x_shape or 0 in x.shape:
             raise ValueError(
                 f"`x` must be {'data sets' if batched else 'a data set'} of shape "
                 f"{expected}{', '.join(map(str, x_shape))}) with n >= 1, "
-                f"got {tuple(x.shape)}."
+                f"got {given}."
             )
         finite = torch.isfinite(x.reshape(*x.shape[: k - len(x_shape)], -1)).all(-1)
         if not finite.all():
@@ -271,8 +277,8 @@ class ALFIPosterior(CheckedPosterior):
         Returns:
             The log-densities, of shape `(*)`.
         """
+        theta = self._check_theta(theta)
         psi = self._psi(self._x_else_default_x(x).unsqueeze(0))[-1, 0]
-        theta = torch.as_tensor(theta, dtype=torch.float32, device=self._device)
         with torch.set_grad_enabled(track_gradients):
             inside = within_support(self.prior, theta)
             # Masked placeholder: the transform of a point outside is NaN, whose

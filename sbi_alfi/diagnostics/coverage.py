@@ -9,6 +9,8 @@ from sbi.diagnostics import run_sbc
 from scipy.stats import beta
 from torch import Tensor
 
+from ..checked_posterior import theta_dim
+
 __all__ = ["Coverage", "expected_coverage"]
 
 
@@ -93,6 +95,21 @@ def expected_coverage(
             "`theta` and `x` must be N pairs, of shapes (N, D) and (N, *x_shape); "
             f"got {tuple(theta.shape)} and {tuple(x.shape)}."
         )
+    prior = getattr(posterior, "prior", None)
+    if prior is None:
+        prior = getattr(getattr(posterior, "potential_fn", None), "prior", None)
+    if prior is not None and theta.shape[1] != theta_dim(prior):
+        raise ValueError(
+            f"`theta` must have shape (N, {theta_dim(prior)}), the posterior's "
+            f"parameter dimension, got {tuple(theta.shape)}."
+        )
+    for name, value in (("theta", theta), ("x", x)):
+        bad = ~torch.isfinite(value.reshape(len(value), -1)).all(-1)
+        if bad.any():
+            raise ValueError(
+                f"`{name}` has NaN or inf in {int(bad.sum())} of {len(value)} pairs; "
+                f"the first is pair {int(bad.nonzero()[0, 0])}."
+            )
     if levels is None:
         levels = torch.linspace(0, 1, 51)[1:-1]
     levels = torch.as_tensor(levels, dtype=torch.float32)

@@ -7,12 +7,29 @@ from collections.abc import Callable
 from typing import NamedTuple
 
 import torch
+from sbi.utils import process_prior
+from sbi.utils.user_input_checks import process_simulator
 from sklearn.ensemble import HistGradientBoostingClassifier
 from sklearn.metrics import roc_auc_score, roc_curve
+from threadpoolctl import threadpool_limits
 from torch import Tensor
 from torch.distributions import Distribution
 
+from ..checked_posterior import theta_dim
+from ..simulators import checked_simulation
+
 __all__ = ["ROC", "Normalization", "ratio_normalization", "ratio_roc_auc"]
+
+
+def _processed(
+    prior: Distribution, simulator: Callable
+) -> tuple[Distribution, Callable[[Tensor], Tensor]]:
+    r"""The prior and simulator as `sbi` takes them (a simulator may return NumPy
+    arrays, or take one parameter at a time); their simulations then go through
+    :func:`checked_simulation`, whose errors name the failing rows."""
+    prior, _, prior_returns_numpy = process_prior(prior)
+    simulator = process_simulator(simulator, prior, prior_returns_numpy)
+    return prior, lambda theta: checked_simulation(simulator, theta)
 
 
 class Normalization(NamedTuple):
@@ -44,7 +61,9 @@ def ratio_normalization(
     Arguments:
         estimator: Maps `(theta, x)` batches to log-ratios `(B,)` or `(B, 1)`.
         prior: The prior.
-        simulator: Maps `theta` `(B, D)` to `x` `(B, *x_shape)`.
+        simulator: Maps `theta` `(B, D)` to `x` `(B, *x_shape)`; any simulator
+            that `sbi` accepts (NumPy, unbatched), processed by its
+            `process_simulator`.
         num_simulations: The number of pairs.
         batch_size: The pairs the estimator sees at once.
 
@@ -68,12 +87,9 @@ def ratio_normalization(
         raise ValueError(
             f"`num_simulations` must be at least 2, got {num_simulations}."
         )
+    prior, simulator = _processed(prior, simulator)
     theta = prior.sample((num_simulations,))
     x = simulator(prior.sample((num_simulations,)))
-    if len(x) != num_simulations:
-        raise ValueError(
-            f"The simulator returned {len(x)} rows for {num_simulations} parameters."
-        )
     log_ratio = torch.cat(
         [
             estimator(t, x_b).reshape(len(t))
@@ -133,7 +149,9 @@ def ratio_roc_auc(
     Arguments:
         estimator: Maps `(theta, x)` batches to log-ratios `(B,)` or `(B, 1)`.
         prior: The prior.
-        simulator: Maps `theta` `(B, D)` to `x` `(B, *x_shape)`.
+        simulator: Maps `theta` `(B, D)` to `x` `(B, *x_shape)`; any simulator
+            that `sbi` accepts (NumPy, unbatched), processed by its
+            `process_simulator`.
         theta: The parameters to test, `(K, D)`; `num_theta` prior draws if `None`.
         num_theta: How many prior draws to test when `theta` is `None`.
         num_simulations: Simulations from each :math:`p(x \mid \theta)` (at
@@ -162,9 +180,16 @@ def ratio_roc_auc(
             f"`num_simulations` must be at least {MIN_SIMULATIONS} for a classifier "
             f"to be trained and scored, got {num_simulations}."
         )
-    theta = prior.sample((num_theta,)) if theta is None else torch.as_tensor(theta)
-    if theta.dim() != 2:
-        raise ValueError(f"`theta` must have shape (K, D), got {tuple(theta.shape)}.")
+    prior, simulator = _processed(prior, simulator)
+    dim = theta_dim(prior)
+    if theta is None:
+        theta = prior.sample((num_theta,))
+    theta = torch.as_tensor(theta, dtype=torch.float32)
+    if theta.dim() != 2 or theta.shape[1] != dim:
+        raise ValueError(
+            f"`theta` must have shape (K, {dim}) (K parameter vectors of the prior's "
+            f"dimension {dim}), got {tuple(theta.shape)}."
+        )
     k, n, m = len(theta), num_simulations, marginal_factor * num_simulations
     x_theta = simulator(theta.repeat_interleave(n, dim=0))  # (K * N, *x_shape)
     x_marginal = simulator(prior.sample((m,)))  # shared by every theta
@@ -187,8 +212,12 @@ def ratio_roc_auc(
         features = torch.cat([x_theta[i], x_marginal]).numpy()
         w = torch.cat([torch.ones(n, dtype=torch.double), weights[i]]).numpy()
         classifier = HistGradientBoostingClassifier(random_state=seed)
-        classifier.fit(features[train], labels[train], sample_weight=w[train])
-        score = classifier.predict_proba(features[test])[:, 1]
+        # scikit-learn's OpenMP threads and torch's (which spin-wait after their
+        # work) oversubscribe the cores: the same fit took 0.4 s or over 100 s.
+        # These fits are small; one thread is fast and never stalls.
+        with threadpool_limits(limits=1, user_api="openmp"):
+            classifier.fit(features[train], labels[train], sample_weight=w[train])
+            score = classifier.predict_proba(features[test])[:, 1]
         aucs.append(roc_auc_score(labels[test], score, sample_weight=w[test]))
         fpr, tpr, _ = roc_curve(labels[test], score, sample_weight=w[test])
         fprs.append(torch.as_tensor(fpr))

@@ -1,0 +1,43 @@
+"""What the package imports is what it declares."""
+
+import ast
+import importlib.metadata as metadata
+import re
+import sys
+from pathlib import Path
+
+PACKAGE = Path(__file__).parents[1] / "sbi_alfi"
+
+
+def imported_modules() -> set[str]:
+    """The top-level modules that the package's source imports, anywhere in it."""
+    modules = set()
+    for path in PACKAGE.rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                modules |= {alias.name.split(".")[0] for alias in node.names}
+            elif isinstance(node, ast.ImportFrom) and node.level == 0:
+                modules.add(node.module.split(".")[0])
+    return {m for m in modules if m not in sys.stdlib_module_names} - {"sbi_alfi"}
+
+
+def canonical(name: str) -> str:
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def test_every_import_is_a_declared_runtime_dependency():
+    requirements = metadata.requires("sbi-alfi")
+    runtime = {
+        canonical(re.match(r"[A-Za-z0-9_.-]+", r).group())
+        for r in requirements
+        if "extra ==" not in r
+    }
+    distributions = metadata.packages_distributions()
+    modules = imported_modules()
+    assert {"torch", "sbi", "sklearn", "scipy"} <= modules  # the scan sees them
+    undeclared = {
+        module: distributions.get(module)
+        for module in modules
+        if not {canonical(d) for d in distributions.get(module, [])} & runtime
+    }
+    assert not undeclared, f"imported but not declared in pyproject.toml: {undeclared}"
