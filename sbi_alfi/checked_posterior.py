@@ -2,6 +2,7 @@ r"""What the posteriors of both methods share on top of `sbi`'s."""
 
 from __future__ import annotations
 
+from numbers import Integral
 from typing import Any
 
 import torch
@@ -45,10 +46,24 @@ class CheckedPosterior(NeuralPosterior):
         nan = torch.isnan(theta.reshape(-1, dim)).any(-1)
         if nan.any():
             raise ValueError(
-                f"`{name}` has NaN in {int(nan.sum())} of {len(nan)} parameter "
-                "vectors."
+                f"`{name}` has NaN in {int(nan.sum())} of {len(nan)} parameter vectors."
             )
         return theta
+
+    @staticmethod
+    def _check_sample_shape(sample_shape: Any) -> torch.Size:
+        r"""`sample_shape` (or an int) as a `torch.Size`, or a :class:`ValueError`."""
+        shape = (sample_shape,) if isinstance(sample_shape, Integral) else sample_shape
+        try:
+            valid = all(isinstance(n, Integral) and n >= 0 for n in shape)
+        except TypeError:
+            valid = False
+        if not valid:
+            raise ValueError(
+                "`sample_shape` must be a shape of non-negative integers, e.g. "
+                f"(1000,), got {sample_shape!r}."
+            )
+        return torch.Size(int(n) for n in shape)
 
     def _x_else_default_x(self, x: Tensor | None) -> Tensor:
         if x is not None:
@@ -82,6 +97,9 @@ class CheckedPosterior(NeuralPosterior):
         """
         theta = self._check_theta(theta)
         batch_shape = theta.shape[:-1]
+        if theta.numel() == 0:
+            self._x_else_default_x(x)  # the x checks still apply
+            return theta.new_zeros(batch_shape)
         flat = theta.reshape(-1, theta.shape[-1])
         value = super().potential(flat, x=x, track_gradients=track_gradients)
         return value.reshape(batch_shape)

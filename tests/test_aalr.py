@@ -347,6 +347,19 @@ def test_bad_input():
         posterior.sample((10,), x=torch.zeros(2, 3))
     with pytest.raises(ValueError, match="set_default_x"):
         posterior.sample((10,))
+    for shape in [(-1,), (2.5,), "10"]:
+        with pytest.raises(ValueError, match="`sample_shape` must be a shape of non"):
+            posterior.sample(shape, x=X_O)
+    with pytest.raises(ValueError, match=r"at least one observation.*got \(0, 2\)"):
+        posterior.sample_batched((10,), x=torch.zeros(0, 2))
+    with pytest.raises(ValueError, match=r"at least one observation.*got \(\)"):
+        posterior.sample((10,), x=torch.tensor(1.0))
+    with pytest.raises(ValueError, match=r"`z` must have shape \(C, 2\), got \(5, 3\)"):
+        posterior.log_density(torch.zeros(5, 3))
+    # Nothing asked, nothing run: empty results of the right shapes.
+    assert posterior.sample((0,), x=X_O).shape == (0, 2)
+    assert posterior.sample_batched((0, 3), x=X_O).shape == (0, 3, 3, 2)
+    assert posterior.potential(torch.zeros(0, 2), x=X_O).shape == (0,)
 
 
 def test_theta_of_the_wrong_dimension():

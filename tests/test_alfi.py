@@ -369,6 +369,9 @@ def test_theta_of_the_wrong_dimension(seed):
             posterior.potential(theta, x=x_o)
     with pytest.raises(ValueError, match=r"`theta` has NaN in 1 of 2 parameter"):
         posterior.log_prob(torch.tensor([[0.0, 1.0], [torch.nan, 1.0]]), x=x_o)
+    assert posterior.log_prob(torch.zeros(0, 2), x=x_o).shape == (0,)
+    with pytest.raises(ValueError, match="`sample_shape` must be a shape of non"):
+        posterior.sample((-1,), x=x_o)
     # Any batch shape (*, 2) is a batch of parameters.
     theta = sim.prior.sample((3, 4))
     assert posterior.log_prob(theta, x=x_o).shape == (3, 4)

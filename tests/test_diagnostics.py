@@ -105,7 +105,7 @@ def test_coverage_rejects_bad_input():
     posterior = RatioMCMCPosterior(
         ScaledRatio(), BoxUniform(-torch.ones(1), torch.ones(1))
     )
-    with pytest.raises(ValueError, match="must be N pairs"):
+    with pytest.raises(ValueError, match="must be N >= 1 pairs"):
         expected_coverage(posterior, torch.zeros(5, 1), torch.zeros(4, 1))
     with pytest.raises(ValueError, match=r"`levels` must lie in \(0, 1\)"):
         expected_coverage(posterior, torch.zeros(5, 1), torch.zeros(5, 1), [0.5, 1])
@@ -251,6 +251,33 @@ def test_theta_of_the_wrong_dimension():
     x[2] = torch.inf
     with pytest.raises(ValueError, match="`x` has NaN or inf in 1 of 4 pairs"):
         expected_coverage(posterior, torch.zeros(4, 1), x)
+
+
+def test_diagnostics_name_a_failing_estimator():
+    def raising(theta, x):
+        raise RuntimeError("mat1 and mat2 shapes cannot be multiplied")
+
+    def one_value(theta, x):
+        return torch.zeros(3)
+
+    def nan(theta, x):
+        return torch.full((len(theta),), torch.nan)
+
+    for diagnostic in (ratio_normalization, ratio_roc_auc):
+        args = (GAUSSIAN_PRIOR, gaussian_simulator)
+        with pytest.raises(ValueError, match=r"estimator raised RuntimeError on theta"):
+            diagnostic(raising, *args)
+        with pytest.raises(ValueError, match=r"one log-ratio per \(theta, x\) pair"):
+            diagnostic(one_value, *args)
+        with pytest.raises(ValueError, match="returned NaN"):
+            diagnostic(nan, *args)
+    with pytest.raises(ValueError, match=r"K >= 1 parameter vectors"):
+        ratio_roc_auc(
+            exact_log_ratio, GAUSSIAN_PRIOR, gaussian_simulator, torch.zeros(0, 1)
+        )
+    posterior = RatioMCMCPosterior(ScaledRatio(), GAUSSIAN_PRIOR)
+    with pytest.raises(ValueError, match="must be N >= 1 pairs"):
+        expected_coverage(posterior, torch.zeros(0, 1), torch.zeros(0, 1))
 
 
 def test_roc_classifiers_fit_on_one_openmp_thread(monkeypatch):

@@ -101,16 +101,20 @@ def test_groups_of_chains_adapt_to_their_own_targets(name, figure):
                 for i, t in enumerate([TARGET, other])
             ]
         )
+        # Each group's step size is its own: its acceptance lies near the target
+        # (dual averaging's final, averaged step size lands it a little above).
+        acceptance = kernel.diagnostics()["acceptance_rate"].reshape(2, 50).mean(1)
+        off_target = (acceptance - kernel.target_accept).abs()
         if planted:
             figure.at_least("|tuned cov error| / var", error, 0.25, planted=planted)
+            figure.at_least(
+                "|mean acceptance - target|", off_target.max(), 0.15, planted
+            )
             continue
         figure.at_most("|tuned cov error| / var", error, 0.25)
         for block, target in [(samples[:, :50], TARGET), (samples[:, 50:], other)]:
             check_gaussian(figure, block.reshape(-1, 2), target, 0.15, 0.2)
-        acceptance = kernel.diagnostics()["acceptance_rate"].reshape(2, 50).mean(1)
-        figure.at_most(
-            "|mean acceptance - target|", (acceptance - kernel.target_accept).abs(), 0.1
-        )
+        figure.at_most("|mean acceptance - target|", off_target, 0.15)
     with pytest.raises(ValueError, match="`num_groups` must divide the 100 chains"):
         cls(log_density, start, num_groups=3)
 

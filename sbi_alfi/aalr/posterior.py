@@ -15,7 +15,7 @@ from sbi.utils import mcmc_transform, process_prior
 from torch import Tensor, nn
 from torch.distributions import Distribution
 
-from ..checked_posterior import CheckedPosterior
+from ..checked_posterior import CheckedPosterior, theta_dim
 from ..diagnostics import convergence
 from ..samplers import VectorizedHMC, VectorizedMH
 
@@ -162,6 +162,11 @@ class RatioMCMCPosterior(CheckedPosterior):
     def log_density(self, z: Tensor) -> Tensor:
         r"""The posterior's log-density in the unconstrained space, `(C, D) -> (C,)`,
         Jacobian included, at the current `x`."""
+        if z.dim() != 2 or z.shape[-1] != theta_dim(self.prior):
+            raise ValueError(
+                f"`z` must have shape (C, {theta_dim(self.prior)}), got "
+                f"{tuple(z.shape)}."
+            )
         theta = self.theta_transform.inv(z)
         log_jacobian = self.theta_transform.log_abs_det_jacobian(theta, z)
         return self.potential_fn(theta, track_gradients=True) - log_jacobian
@@ -192,6 +197,11 @@ class RatioMCMCPosterior(CheckedPosterior):
         x = torch.as_tensor(x, dtype=torch.float32)
         if x.dim() == 1:
             x = x.unsqueeze(0)
+        if x.dim() == 0 or len(x) == 0:
+            raise ValueError(
+                "`x` must hold at least one observation, of shape (n, *x_shape), "
+                f"got {tuple(x.shape)}."
+            )
         if not torch.isfinite(x).all():
             bad = ~torch.isfinite(x.reshape(len(x), -1)).all(-1)
             raise ValueError(
@@ -241,9 +251,13 @@ class RatioMCMCPosterior(CheckedPosterior):
         Returns:
             Draws of shape `(*sample_shape, D)`, taken from the chains in turn.
         """
+        sample_shape = self._check_sample_shape(sample_shape)
         x = self._x_else_default_x(x)
         self.potential_fn.set_x(x)
         num_samples = math.prod(sample_shape)
+        dim = theta_dim(self.prior)
+        if num_samples == 0:
+            return torch.zeros(*sample_shape, dim, device=self._device)
         per_chain = max(1, math.ceil(num_samples / self.num_chains))
         show = (
             self.show_progress_bars
@@ -258,8 +272,8 @@ class RatioMCMCPosterior(CheckedPosterior):
         chains = self.theta_transform.inv(z).detach()  # (C, S, D)
         self.chains = chains
         self._diagnose(chains, num_samples, kernel_diagnostics)
-        draws = chains.transpose(0, 1).reshape(-1, chains.shape[-1])[:num_samples]
-        return draws.reshape(*sample_shape, -1)
+        draws = chains.transpose(0, 1).reshape(-1, dim)[:num_samples]
+        return draws.reshape(*sample_shape, dim)
 
     def sample_batched(
         self,
@@ -281,6 +295,7 @@ class RatioMCMCPosterior(CheckedPosterior):
             `(B, num_chains, draws per chain, D)` and `diagnostics` R-hat and ESS of
             shape `(B, D)`.
         """
+        sample_shape = self._check_sample_shape(sample_shape)
         x = self._check_x(x)
         if self.method.endswith("_pyro"):
             draws = [
@@ -289,6 +304,9 @@ class RatioMCMCPosterior(CheckedPosterior):
             return torch.stack(draws, -2)
         batch, num_chains = len(x), self.num_chains
         num_samples = math.prod(sample_shape)
+        dim = theta_dim(self.prior)
+        if num_samples == 0:
+            return torch.zeros(*sample_shape, batch, dim, device=self._device)
         per_chain = max(1, math.ceil(num_samples / num_chains))
         x_chains = x.repeat_interleave(num_chains, dim=0)  # chain c of x_b: b * C + c
 
@@ -312,7 +330,7 @@ class RatioMCMCPosterior(CheckedPosterior):
         self.chains = chains
         self._diagnose(chains.permute(1, 2, 0, 3), num_samples, kernel_diagnostics)
         draws = chains.permute(2, 1, 0, 3).reshape(-1, batch, chains.shape[-1])
-        return draws[:num_samples].reshape(*sample_shape, batch, -1)
+        return draws[:num_samples].reshape(*sample_shape, batch, dim)
 
     def _initial_positions(self, x_batch: Tensor | None = None) -> Tensor:
         r"""The chains' starting points in the unconstrained space: `(C, D)` for the

@@ -238,8 +238,9 @@ class ALFIPosterior(CheckedPosterior):
         Returns:
             Parameters of shape `(*sample_shape, D)`.
         """
+        sample_shape = self._check_sample_shape(sample_shape)
         psi = self._psi(self._x_else_default_x(x).unsqueeze(0))[-1, 0]
-        z = self.proposal(psi).sample(torch.Size(sample_shape))
+        z = self.proposal(psi).sample(sample_shape)
         return self.theta_transform.inv(z.clamp(-Z_MAX, Z_MAX))
 
     def sample_batched(
@@ -258,8 +259,9 @@ class ALFIPosterior(CheckedPosterior):
         Returns:
             Parameters of shape `(*sample_shape, B, D)`.
         """
+        sample_shape = self._check_sample_shape(sample_shape)
         psi = self._psi(self._check_x(x, batched=True))[-1]
-        z = self.proposal(psi).sample(torch.Size(sample_shape))
+        z = self.proposal(psi).sample(sample_shape)
         return self.theta_transform.inv(z.clamp(-Z_MAX, Z_MAX))
 
     def log_prob(
@@ -279,6 +281,8 @@ class ALFIPosterior(CheckedPosterior):
         """
         theta = self._check_theta(theta)
         psi = self._psi(self._x_else_default_x(x).unsqueeze(0))[-1, 0]
+        if theta.numel() == 0:
+            return theta.new_zeros(theta.shape[:-1])
         with torch.set_grad_enabled(track_gradients):
             inside = within_support(self.prior, theta)
             # Masked placeholder: the transform of a point outside is NaN, whose

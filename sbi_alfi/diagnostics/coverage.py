@@ -90,10 +90,10 @@ def expected_coverage(
     """
     theta = torch.as_tensor(theta, dtype=torch.float32)
     x = torch.as_tensor(x, dtype=torch.float32)
-    if theta.dim() != 2 or len(theta) != len(x):
+    if theta.dim() != 2 or len(theta) != len(x) or len(theta) == 0:
         raise ValueError(
-            "`theta` and `x` must be N pairs, of shapes (N, D) and (N, *x_shape); "
-            f"got {tuple(theta.shape)} and {tuple(x.shape)}."
+            "`theta` and `x` must be N >= 1 pairs, of shapes (N, D) and "
+            f"(N, *x_shape); got {tuple(theta.shape)} and {tuple(x.shape)}."
         )
     prior = getattr(posterior, "prior", None)
     if prior is None:

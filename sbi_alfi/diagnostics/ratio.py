@@ -32,6 +32,28 @@ def _processed(
     return prior, lambda theta: checked_simulation(simulator, theta)
 
 
+def _log_ratios(
+    estimator: Callable[[Tensor, Tensor], Tensor], theta: Tensor, x: Tensor
+) -> Tensor:
+    r"""One log-ratio per pair `(theta[i], x[i])`, shape `(B,)`, or a
+    :class:`ValueError` that says what the estimator did wrong."""
+    try:
+        value = torch.as_tensor(estimator(theta, x))
+    except Exception as error:
+        raise ValueError(
+            f"The ratio estimator raised {type(error).__name__} on theta of shape "
+            f"{tuple(theta.shape)} and x of shape {tuple(x.shape)}: {error}"
+        ) from error
+    if value.numel() != len(theta):
+        raise ValueError(
+            "The ratio estimator must return one log-ratio per (theta, x) pair, "
+            f"shape ({len(theta)},) here; it returned {tuple(value.shape)}."
+        )
+    if torch.isnan(value).any():
+        raise ValueError("The ratio estimator returned NaN.")
+    return value.reshape(len(theta))
+
+
 class Normalization(NamedTuple):
     r"""A Monte Carlo estimate and its standard error."""
 
@@ -92,12 +114,10 @@ def ratio_normalization(
     x = simulator(prior.sample((num_simulations,)))
     log_ratio = torch.cat(
         [
-            estimator(t, x_b).reshape(len(t))
+            _log_ratios(estimator, t, x_b)
             for t, x_b in zip(theta.split(batch_size), x.split(batch_size), strict=True)
         ]
     ).double()
-    if torch.isnan(log_ratio).any():
-        raise ValueError("The ratio estimator returned NaN.")
     ratio = log_ratio.exp()
     return Normalization(
         ratio.mean().item(), ratio.std().item() / math.sqrt(num_simulations)
@@ -185,20 +205,19 @@ def ratio_roc_auc(
     if theta is None:
         theta = prior.sample((num_theta,))
     theta = torch.as_tensor(theta, dtype=torch.float32)
-    if theta.dim() != 2 or theta.shape[1] != dim:
+    if theta.dim() != 2 or theta.shape[1] != dim or len(theta) == 0:
         raise ValueError(
-            f"`theta` must have shape (K, {dim}) (K parameter vectors of the prior's "
-            f"dimension {dim}), got {tuple(theta.shape)}."
+            f"`theta` must have shape (K, {dim}) (K >= 1 parameter vectors of the "
+            f"prior's dimension {dim}), got {tuple(theta.shape)}."
         )
     k, n, m = len(theta), num_simulations, marginal_factor * num_simulations
     x_theta = simulator(theta.repeat_interleave(n, dim=0))  # (K * N, *x_shape)
     x_marginal = simulator(prior.sample((m,)))  # shared by every theta
-    log_ratio = estimator(
+    log_ratio = _log_ratios(
+        estimator,
         theta.repeat_interleave(m, dim=0),
         x_marginal.repeat(k, *[1] * (x_marginal.dim() - 1)),
     ).reshape(k, m)
-    if torch.isnan(log_ratio).any():
-        raise ValueError("The ratio estimator returned NaN.")
     # Each class weighs n in total: the marginal's weights are the ratios.
     weights = torch.softmax(log_ratio.double(), dim=-1) * n
     x_theta = x_theta.reshape(k, n, -1).double()
