@@ -8,7 +8,7 @@ PY := $(VENV)/bin/python
 TORCH ?= torch==2.13.0
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test test-slow lint coverage clean
+.PHONY: install demo test test-portable test-slow seed-sweep lint coverage clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -28,6 +28,16 @@ WORKERS ?= 2
 test: $(STAMP)
 	$(PY) -m ruff check .
 	$(PY) -m pytest -n $(WORKERS)
+
+# The tests on torch's generic CPU kernels (no AVX) and MKL's reproducible mode:
+# a different floating-point code path from this machine's default.
+test-portable: $(STAMP)
+	ATEN_CPU_CAPABILITY=default MKL_CBWR=COMPATIBLE $(MAKE) test
+
+# The statistical tests under 20 seeds, two at a time (an hour on 2 cores);
+# writes benchmarks/results/seeds/ and resumes where it stopped.
+seed-sweep: $(STAMP)
+	$(PY) benchmarks/seed_sweep.py
 
 test-slow: $(STAMP)
 	$(PY) -m pytest -n $(WORKERS) -m slow
