@@ -124,7 +124,10 @@ class Task:
         round's proposal is a kernel density of the last round's draws, mixed
         with the prior (Hesterberg's defensive mixture), until the weights' ESS
         is 10x the draws. Every round is exact importance sampling, so the final
-        draws are as exact as the first pass's would have been."""
+        draws are as exact as the first pass's would have been. The first kernel
+        round draws a quarter of `num_proposals`; later ones as many as the last
+        round's efficiency needs for the target ESS (up to `num_proposals`, or
+        `MIN_ROUND` if more)."""
 
         def log_density(theta: Tensor) -> Tensor:
             inside = within_support(self.prior, theta)
@@ -144,9 +147,16 @@ class Task:
             )
             if ess >= 10 * num_samples:
                 return draws
+            most = max(self.num_proposals, MIN_ROUND)
+            if isinstance(proposal, _Defensive):
+                # A kernel density's efficiency barely changes from one round to
+                # the next: draw what it needs for the target ESS, with a margin.
+                needed = int(1.5 * 10 * num_samples * num_proposals / max(ess, 1.0))
+                num_proposals = min(max(num_proposals, needed), most)
+            else:
+                num_proposals = max(self.num_proposals // 4, MIN_ROUND)
             centres = draws[: min(NUM_KERNELS, max(10, int(ess / 5)))]
             proposal = _Defensive(centres, self.prior)
-            num_proposals = max(self.num_proposals // 4, 100_000)
         raise ValueError(
             f"The reference of task {self.name!r} reached an importance ESS of "
             f"only {ess:.0f} for {num_samples} draws after {MAX_ROUNDS} rounds; "
@@ -154,8 +164,10 @@ class Task:
         )
 
 
-# The rounds of adaptive importance sampling, at most.
+# The rounds of adaptive importance sampling, at most, and the fewest proposals
+# of a kernel-density round.
 MAX_ROUNDS = 4
+MIN_ROUND = 100_000
 # The kernels of a proposal: few, since every proposal's density sums them.
 NUM_KERNELS = 200
 

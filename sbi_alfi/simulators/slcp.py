@@ -77,10 +77,17 @@ class SLCP(Simulator):
 
     def _log_likelihood(self, theta: Tensor, x: Tensor) -> Tensor:
         mean, scale_tril = _moments(theta)
+        # θ3 = 0 or θ4 = 0 (inside the prior) makes Σ singular: the data then lie
+        # on a line, which x does not, so the density is 0, where torch's
+        # log-density of a singular factor is NaN.
+        singular = (scale_tril.diagonal(dim1=-2, dim2=-1) == 0).any(-1)
+        eye = torch.eye(2, dtype=scale_tril.dtype, device=scale_tril.device)
+        scale_tril = torch.where(singular[..., None, None], eye, scale_tril)
         normal = MultivariateNormal(
             mean.unsqueeze(-2), scale_tril=scale_tril.unsqueeze(-3), validate_args=False
         )
-        return normal.log_prob(x.unflatten(-1, (NUM_DRAWS, 2))).sum(-1)
+        log_p = normal.log_prob(x.unflatten(-1, (NUM_DRAWS, 2))).sum(-1)
+        return torch.where(singular, -torch.inf, log_p)
 
     def _mle(self, x: Tensor) -> Tensor:
         points = x.unflatten(-1, (NUM_DRAWS, 2)).flatten(-3, -2)  # (*, 4n, 2)

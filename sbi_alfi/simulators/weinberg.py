@@ -170,7 +170,12 @@ class Weinberg(Simulator):
             keep_left = values[:, 0] > values[:, 1]
             high = torch.where(keep_left, right, high)
             low = torch.where(keep_left, low, left)
-        return ((low + high) / 2).to(x.dtype).reshape(x.shape[:-2])
+        # The search converges inside its bracket; a maximum at the end of A's
+        # range (the likelihood still rising there) is the end itself.
+        candidates = torch.stack([(low + high) / 2, low, high], -1)
+        best = log_l(candidates, c).argmax(-1, keepdim=True)
+        estimate = candidates.gather(-1, best)[:, 0]
+        return estimate.to(x.dtype).reshape(x.shape[:-2])
 
 
 def _log_density(a: Tensor, c: Tensor) -> Tensor:
