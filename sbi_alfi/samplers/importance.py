@@ -9,7 +9,7 @@ from torch.distributions import Distribution
 
 from .state import LogDensity
 
-__all__ = ["importance_resample"]
+__all__ = ["importance_resample", "systematic_resample"]
 
 
 @torch.no_grad()
@@ -79,3 +79,31 @@ def importance_resample(
     gumbel = -torch.empty_like(log_weights).exponential_().log()
     index = (log_weights + gumbel).topk(num_samples).indices
     return theta[index], ess
+
+
+def systematic_resample(log_weights: Tensor, num_samples: int) -> Tensor:
+    r"""Indices of `num_samples` draws from each row of weights
+    :math:`w \propto \exp(\text{log\_weights})`, `(*, N) -> (*, num_samples)`, by
+    systematic resampling (Kitagawa, 1996): one uniform :math:`u` per row, and
+    the draws at the quantiles :math:`(u + k) / m` of the weights' CDF. Index
+    :math:`i` is drawn :math:`\lfloor m w_i \rfloor` or :math:`\lceil m w_i
+    \rceil` times, where multinomial resampling scatters its count with
+    variance :math:`m w_i (1 - w_i)`. (Pyro's version, in its SMC filter, is
+    private and draws as many as it is given.)
+
+    When chains start from the draws, this sets how many start in each mode of
+    a multimodal posterior, and so the modes' weights in the chains' output:
+    with 200 chains and four equal modes, multinomial draws put 50 ± 6 in each.
+
+    Example:
+        >>> import torch
+        >>> index = systematic_resample(torch.tensor([0.5, 0.25, 0.25]).log(), 8)
+        >>> index.bincount(minlength=3).tolist()
+        [4, 2, 2]
+    """
+    weights = torch.softmax(log_weights, dim=-1)
+    cdf = weights.cumsum(-1)
+    offsets = torch.arange(num_samples, dtype=cdf.dtype, device=cdf.device)
+    u = torch.rand(*cdf.shape[:-1], 1, dtype=cdf.dtype, device=cdf.device)
+    index = torch.searchsorted(cdf, ((u + offsets) / num_samples).contiguous())
+    return index.clamp(max=cdf.shape[-1] - 1)
