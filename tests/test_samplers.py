@@ -165,6 +165,19 @@ def test_ess_of_antithetic_chains_is_floored_as_in_stan():
         convergence(torch.randn(10, 2))
 
 
+def test_systematic_resampling_draws_each_index_its_share():
+    from sbi_alfi.samplers import systematic_resample
+
+    weights = torch.rand(5, 7) ** 3  # five rows, uneven
+    weights[2, 3] = 0.0  # never drawn
+    index = systematic_resample(weights.log(), 1_000)
+    assert index.shape == (5, 1_000)
+    counts = torch.stack([row.bincount(minlength=7) for row in index])
+    expected = 1_000 * weights / weights.sum(-1, keepdim=True)
+    assert ((counts >= expected.floor()) & (counts <= expected.ceil())).all()
+    assert counts[2, 3] == 0
+
+
 def test_mh_independence_proposal_is_exact(figure):
     proposal = MultivariateNormal(MEAN + 0.5, 2 * COV)
     kernel = VectorizedMH(TARGET.log_prob, proposal.sample((200,)), proposal=proposal)

@@ -65,9 +65,9 @@ class RatioMCMCPosterior(CheckedPosterior):
             whose random-walk draws are strongly autocorrelated (with 1, the
             benchmark's 5-D Gaussian posterior scored C2ST 0.73–0.78 against
             0.55 for HMC), and 1 for the gradient-based methods.
-        init_strategy: `"resample"` (systematic importance resampling of prior draws by the
-            ratio, one batch for all chains), `"prior"`, or a distribution over
-            :math:`\theta`.
+        init_strategy: `"resample"` (systematic resampling of prior draws
+            weighted by the ratio, one batch for all chains), `"prior"`, or a
+            distribution over :math:`\theta`.
         num_init_candidates: The number of prior draws to resample from.
         kernel_kwargs: Options of the kernel: for `"hmc_vectorized"` those of
             :class:`~sbi_alfi.samplers.VectorizedHMC` (`step_size`, `num_steps`,

@@ -101,8 +101,8 @@ def systematic_resample(log_weights: Tensor, num_samples: int) -> Tensor:
         >>> index.bincount(minlength=3).tolist()
         [4, 2, 2]
     """
-    weights = torch.softmax(log_weights, dim=-1)
-    cdf = weights.cumsum(-1)
+    # In double precision: a float32 sum over a million candidates drifts.
+    cdf = torch.softmax(log_weights.double(), dim=-1).cumsum(-1)
     offsets = torch.arange(num_samples, dtype=cdf.dtype, device=cdf.device)
     u = torch.rand(*cdf.shape[:-1], 1, dtype=cdf.dtype, device=cdf.device)
     index = torch.searchsorted(cdf, ((u + offsets) / num_samples).contiguous())
