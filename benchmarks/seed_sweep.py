@@ -24,7 +24,6 @@ import datetime
 import json
 import math
 import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -34,6 +33,8 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from tqdm.auto import tqdm
+
+from sbi_alfi.benchmark.report import machine
 
 ROOT = Path(__file__).resolve().parents[1]
 KEY = ("test", "figure", "planted", "op", "bound")
@@ -138,7 +139,7 @@ def number(value: float) -> str:
     return f"{value:.2e}"
 
 
-def write_report(table, summaries, output: Path, args, env_changes) -> Path:
+def write_report(table, summaries, output: Path, args, env) -> Path:
     checks = [row for row in table if not row["planted"]]
     controls = [row for row in table if row["planted"]]
     failing = sorted({test for s in summaries for test in s["failed"]})
@@ -153,8 +154,9 @@ def write_report(table, summaries, output: Path, args, env_changes) -> Path:
         "",
         f"- Seeds: {args.first} to {args.first + args.seeds - 1} "
         f"(`pytest -m '{args.marker}' --seed-offset s`).",
-        f"- Machine: {machine()}; torch {torch_version()}; one torch thread per run.",
-        f"- Environment set: {', '.join(env_changes) or 'none'}.",
+        f"- Machine: {machine()}; one torch thread per run, torch's "
+        f"{cpu_capability(env)} CPU kernels.",
+        f"- Environment set: {', '.join(args.env) or 'none'}.",
         f"- Date: {datetime.date.today().isoformat()}.",
         f"- Figures: {len(checks)} checks and {len(controls)} negative controls, "
         f"{sum(row['seeds'] for row in table)} values in all "
@@ -235,22 +237,13 @@ def plot_margins(table, rows_by_key, output: Path, num_rows: int = 40) -> None:
     figure.savefig(output / "margins.png", dpi=130)
 
 
-def machine() -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"{cpu}, {os.cpu_count()} cores"
-
-
-def torch_version() -> str:
-    import torch
-
-    return torch.__version__
+def cpu_capability(env: dict[str, str]) -> str:
+    r"""The SIMD code path torch takes in the runs' environment."""
+    code = "import torch; print(torch.backends.cpu.get_cpu_capability())"
+    done = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True
+    )
+    return done.stdout.strip() or "unknown"
 
 
 def main(argv: list[str] | None = None) -> Path:
@@ -301,7 +294,7 @@ def main(argv: list[str] | None = None) -> Path:
     for row in rows:
         rows_by_key[tuple(row[k] for k in KEY)].append(row["value"])
     plot_margins(table, rows_by_key, output)
-    page = write_report(table, summaries, output, args, args.env)
+    page = write_report(table, summaries, output, args, env)
     print(f"{page}: {len(table)} figures over {len(seeds)} seeds")
     return page
 

@@ -32,6 +32,12 @@ class ExactRatio(nn.Module):
 
 
 slow = pytest.mark.slow
+# Pyro's kernels run their chains one after another: marked slow where they
+# need many chains or long ones.
+METHODS_PYRO_SLOW = [
+    method if method.endswith("vectorized") else pytest.param(method, marks=slow)
+    for method in METHODS
+]
 
 
 def exact_moments(prior_name: str) -> tuple[torch.Tensor, torch.Tensor]:
@@ -142,27 +148,13 @@ def test_every_method_samples_the_exact_posterior(method, prior_name, figure):
 LONG_CHAINS = {
     "hmc_vectorized": {"num_chains": 8, "warmup_steps": 300},
     "mh_vectorized": {"num_chains": 8, "warmup_steps": 500},
-    "hmc_pyro": {
-        "num_chains": 4,
-        "warmup_steps": 200,
-        "kernel_kwargs": {"num_steps": 5},
-    },
-    "nuts_pyro": {
-        "num_chains": 4,
-        "warmup_steps": 200,
-        "kernel_kwargs": {"max_tree_depth": 5},
-    },
+    "hmc_pyro": SETTINGS["hmc_pyro"],
+    "nuts_pyro": SETTINGS["nuts_pyro"],
 }
 
 
 @pytest.mark.parametrize("prior_name", ["box", "gaussian"])
-@pytest.mark.parametrize(
-    "method",
-    [
-        method if method.endswith("vectorized") else pytest.param(method, marks=slow)
-        for method in METHODS
-    ],
-)
+@pytest.mark.parametrize("method", METHODS_PYRO_SLOW)
 def test_long_chains_converge(method, prior_name, figure):
     settings = LONG_CHAINS[method]
     posterior = RatioMCMCPosterior(
@@ -262,13 +254,7 @@ SLCP_SETTINGS = {
 
 
 @pytest.mark.parametrize("prior_name", ["box", "gaussian"])
-@pytest.mark.parametrize(
-    "method",
-    [
-        method if method.endswith("vectorized") else pytest.param(method, marks=slow)
-        for method in METHODS
-    ],
-)
+@pytest.mark.parametrize("method", METHODS_PYRO_SLOW)
 def test_every_method_samples_the_slcp_posterior(method, prior_name, seed, figure):
     prior, x_o, truth = slcp_problem(prior_name, seed)
     torch.manual_seed(seed + 1)
