@@ -57,7 +57,7 @@ def main() -> None:
             seconds[name] = [time.perf_counter() - start, 0.0]
             if cls is AALR:
                 posteriors[name] = inference.build_posterior(
-                    estimator, show_progress_bars=False
+                    estimator, mcmc_parameters={"show_progress_bars": False}
                 )
             else:
                 posteriors[name] = inference.build_posterior(

@@ -186,7 +186,7 @@ def weinberg(result: dict, setting: Setting, output: Path) -> list[str]:
     picks = [int(i) for i in a.argsort()[torch.tensor([0, len(a) // 2, len(a) - 1])]]
     fig, axes = plt.subplots(1, len(picks), figsize=(15, 3.8))
     for ax, i in zip(axes, picks, strict=True):
-        estimate = result["posterior"].map(x=x[i])
+        (estimate,) = result["posterior"].map(x=x[i])
         plot_data_fit(sim, estimate, x_o=x[i], ax=ax, label="simulated at ALFI's θ")
         ax.set_title(
             f"A* = {a[i]:+.2f}, ALFI's A = {Weinberg.asymmetry(estimate):+.2f}"

@@ -101,7 +101,7 @@ def alfi_weinberg(output: Path, quick: bool = False) -> tuple[list[Path], str]:
     theta_star = torch.tensor(WEINBERG_THETA_STAR)
     x_o = sim(theta_star.expand(budget["num_observations"], 2))
     trajectory = posterior.trajectory(x=x_o)
-    estimate = posterior.map(x=x_o)
+    (estimate,) = posterior.map(x=x_o)
 
     fig, axes = plt.subplots(1, 2, figsize=(13, 4.5))
     plot_trajectory(trajectory, sim, x_o=x_o, theta_true=theta_star, ax=axes[0])
@@ -145,7 +145,9 @@ def aalr_slcp(output: Path, quick: bool = False) -> tuple[list[Path], str]:
     inference = AALR(sim.prior, show_progress_bars=False)
     inference.append_simulations(theta, sim(theta))
     inference.train(max_num_epochs=budget["max_num_epochs"])
-    posterior = inference.build_posterior(num_chains=100, warmup_steps=200)
+    posterior = inference.build_posterior(
+        mcmc_parameters={"num_chains": 100, "warmup_steps": 200}
+    )
 
     x_o = sim(sim.theta_true[None])
     draws = posterior.sample((2_000,), x=x_o, show_progress_bars=False)

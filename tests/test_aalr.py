@@ -512,3 +512,180 @@ def test_sample_batched_runs_every_observation_at_once(figure):
         0.2,
         planted="observations swapped",
     )
+
+
+# sbi's calls, the NaN rule and plain functions
+
+
+@pytest.fixture(scope="module")
+def nre_estimator():
+    """A small NRE_A estimator of the 2-D Gaussian model, shared by sbi's
+    posterior and ours."""
+    from sbi.inference import NRE_A
+
+    torch.manual_seed(0)
+    prior = prior_of("box")
+    theta = prior.sample((500,))
+    x = theta + NOISE * torch.randn_like(theta)
+    inference = NRE_A(prior, show_progress_bars=False)
+    return inference.append_simulations(theta, x).train(max_num_epochs=3)
+
+
+def test_sbis_calls_work_as_on_nre_a_posterior(nre_estimator):
+    from sbi.inference import NRE_A
+    from sbi.inference.posteriors import MCMCPosterior
+
+    from sbi_alfi import AALR
+
+    prior = prior_of("box")
+    parameters = {
+        "num_chains": 4,
+        "warmup_steps": 20,
+        "thin": 2,
+        "init_strategy": "sir",
+        "init_strategy_parameters": {"num_candidate_samples": 500},
+        "num_workers": 1,
+        "mp_context": "spawn",
+    }
+    x_o, x_batch = X_O[:1], X_O
+    theta = torch.randn(5, 2)
+    posteriors = {}
+    for cls, method in [(NRE_A, "slice_np_vectorized"), (AALR, "hmc_vectorized")]:
+        posterior = cls(prior, show_progress_bars=False).build_posterior(
+            density_estimator=nre_estimator,
+            sample_with="mcmc",
+            mcmc_method=method,
+            mcmc_parameters=parameters,
+        )
+        posteriors[cls.__name__] = posterior
+        assert posterior.set_default_x(x_o) is posterior
+        assert posterior.set_mcmc_method(method) is posterior
+        assert posterior.mcmc_method == method
+        posterior.mcmc_method = method
+        posterior.to("cpu")
+        assert torch.equal(posterior.default_x, x_o)  # kept by `to`
+        draws = posterior.sample(
+            (30,),
+            method=method,
+            num_chains=2,
+            warmup_steps=10,
+            thin=1,
+            init_strategy="proposal",
+            show_progress_bars=False,
+        )
+        assert draws.shape == (30, 2)
+        with pytest.warns(UserWarning) as record:
+            log_prob = posterior.log_prob(theta)
+        messages = [str(w.message) for w in record]
+        assert "The log-probability is unnormalized!" in messages
+        assert torch.allclose(log_prob, posterior.potential(theta))
+        found = posterior.map(
+            num_iter=20,
+            num_to_optimize=5,
+            learning_rate=0.01,
+            init_method="posterior",
+            num_init_samples=20,
+            save_best_every=5,
+            show_progress_bars=False,
+            force_update=True,
+        )
+        assert found.shape == (1, 2)
+        batched = posterior.sample_batched(
+            (10,), x=x_batch, num_chains=2, warmup_steps=10, show_progress_bars=False
+        )
+        assert batched.shape == (10, 3, 2)
+        name = type(posterior).__name__
+        assert str(posterior).startswith(f"Posterior p(θ|x) of type {name}")
+    ours, sbis = posteriors["AALR"], posteriors["NRE_A"]
+    assert isinstance(ours, RatioMCMCPosterior) and isinstance(sbis, MCMCPosterior)
+    # The same potential: log r(x_o | theta) + log p(theta).
+    assert torch.allclose(ours.potential(theta), sbis.potential(theta), atol=1e-5)
+    # The per-call overrides were for those calls only.
+    assert (ours.num_chains, ours.warmup_steps, ours.thin) == (4, 20, 2)
+    assert ours.num_init_candidates == 500 and ours.init_strategy == "resample"
+    assert "hmc_vectorized, 4 chains, 20 warmup steps, thin 2" in str(ours)
+    # sbi's own methods through AALR give sbi's posterior on the same estimator.
+    slice_posterior = AALR(prior).build_posterior(
+        nre_estimator, mcmc_method="slice_np_vectorized"
+    )
+    assert type(slice_posterior) is MCMCPosterior
+    with pytest.raises(ValueError, match="pass its options in `mcmc_parameters`"):
+        AALR(prior).build_posterior(nre_estimator, num_chains=3)
+    with pytest.raises(ValueError, match="`method` must be one of"):
+        ours.set_mcmc_method("slice")
+    with pytest.raises(ValueError, match="`init_strategy_parameters` takes"):
+        ours.sample((10,), init_strategy_parameters={"num_candidates": 5})
+
+
+def test_to_an_absent_device_says_so():
+    posterior = RatioMCMCPosterior(ExactRatio(), prior_of("gaussian"))
+    if torch.cuda.is_available():
+        pytest.skip("CUDA is available here")
+    with pytest.raises(RuntimeError, match="CUDA"):
+        posterior.to("cuda")
+
+
+class NaNRatio(ExactRatio):
+    """The exact log-ratio, NaN where theta_1 > 1.0 (inside the prior's box): the
+    posterior's mass at (2.3, -0.9) lies there."""
+
+    def forward(self, theta, x):
+        value = super().forward(theta, x)
+        return torch.where(theta[..., 0] > 1.0, torch.nan, value)
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_a_nan_potential_raises_for_every_method(method):
+    posterior = RatioMCMCPosterior(
+        NaNRatio(),
+        prior_of("box"),
+        method,
+        num_chains=4 if method.endswith("vectorized") else 1,
+        warmup_steps=50,
+        show_progress_bars=False,
+    )
+    message = r"The potential is nan at chain \d+ \(\d+ of \d+ chains\), theta = \["
+    with pytest.raises(ValueError, match=message):
+        posterior.sample((50,), x=X_O)
+
+
+def test_a_nan_potential_names_the_observation_in_sample_batched():
+    posterior = RatioMCMCPosterior(
+        NaNRatio(), prior_of("box"), num_chains=4, show_progress_bars=False
+    )
+    x = torch.tensor([[-2.0, 0.0], [2.3, -0.9]])  # only the second meets the NaN
+    with pytest.raises(ValueError, match=r"at chain \d of observation 1 "):
+        posterior.sample_batched((50,), x=x)
+
+
+def test_an_estimator_nan_everywhere_says_so():
+    def nan_ratio(theta, x):
+        return torch.full(theta.shape[:-1], torch.nan)
+
+    posterior = RatioMCMCPosterior(
+        nan_ratio, prior_of("box"), num_init_candidates=300, show_progress_bars=False
+    )
+    message = "The ratio estimator is NaN at every one of the 300 initial candidates"
+    with pytest.raises(ValueError, match=message):
+        posterior.sample((10,), x=X_O)
+    with pytest.raises(ValueError, match=f"{message} \\(prior draws\\) of observation"):
+        posterior.sample_batched((10,), x=X_O)
+
+
+def test_a_plain_function_is_a_log_ratio():
+    def log_ratio(theta, x):
+        return Normal(theta, NOISE).log_prob(x).sum(-1)
+
+    prior = prior_of("gaussian")
+    settings = {"num_chains": 10, "warmup_steps": 30, "show_progress_bars": False}
+    function = RatioMCMCPosterior(log_ratio, prior, **settings)
+    module = RatioMCMCPosterior(ExactRatio(), prior, **settings)
+    theta = torch.randn(7, 2)
+    assert torch.equal(function.potential(theta, x=X_O), module.potential(theta, x=X_O))
+    draws = []
+    for posterior in (function, module):
+        torch.manual_seed(1)
+        draws.append(posterior.sample((100,), x=X_O))
+    assert torch.equal(*draws)  # the same chains, step for step
+    with pytest.raises(ValueError, match="`estimator` must be a ratio estimator"):
+        RatioMCMCPosterior("not a function", prior)

@@ -168,11 +168,12 @@ def test_one_run_per_data_set(trained, recorder, poisson, figure):
     theta = posterior.sample((100,))
     assert recorder.calls == BUDGET["num_steps"]
     mode = posterior.map()
-    log_prob = posterior.log_prob(torch.cat([theta, mode[None]]))
+    assert mode.shape == (1, 1)  # as sbi's
+    log_prob = posterior.log_prob(torch.cat([theta, mode]))
     trajectory = posterior.trajectory()
     assert recorder.calls == BUDGET["num_steps"]  # all from the cache
     assert log_prob.isfinite().all()
-    assert torch.allclose(posterior.theta_transform.inv(trajectory.loc[-1]), mode)
+    assert torch.allclose(posterior.theta_transform.inv(trajectory.loc[-1]), mode[0])
     # The 100 draws' mean, in standard errors from the proposal's; the negative
     # control: draws moved by one proposal sd.
     standard_error = trajectory.std[-1] / 10

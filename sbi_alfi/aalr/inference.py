@@ -4,18 +4,19 @@ classifier."""
 from __future__ import annotations
 
 import itertools
-from typing import Any
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
 from sbi.inference import NRE_A
+from sbi.inference.posteriors.base_posterior import NeuralPosterior
 from sbi.neural_nets.ratio_estimators import RatioEstimator
 from sbi.utils.sbiutils import standardizing_net, z_score_parser
 from sbi.utils.torchutils import assert_all_finite
 from torch import Tensor, nn
 from torch.distributions import Distribution
 
-from .posterior import Method, RatioMCMCPosterior
+from .posterior import METHODS, Method, RatioMCMCPosterior
 
 __all__ = ["AALR", "smooth_classifier"]
 
@@ -104,8 +105,8 @@ class AALR(NRE_A):
         >>> x = theta + 0.1 * torch.randn_like(theta)
         >>> inference = AALR(prior, show_progress_bars=False)
         >>> estimator = inference.append_simulations(theta, x).train(max_num_epochs=2)
-        >>> posterior = inference.build_posterior(estimator, num_chains=10,
-        ...                                       warmup_steps=20)
+        >>> posterior = inference.build_posterior(
+        ...     mcmc_parameters={"num_chains": 10, "warmup_steps": 20})
         >>> posterior.sample((50,), x=torch.zeros(2)).shape
         torch.Size([50, 2])
     """
@@ -138,27 +139,58 @@ class AALR(NRE_A):
 
     def build_posterior(
         self,
-        estimator: nn.Module | None = None,
+        density_estimator: nn.Module | None = None,
         prior: Distribution | None = None,
-        method: Method = "hmc_vectorized",
+        sample_with: Literal["mcmc", "rejection", "vi", "importance"] = "mcmc",
+        mcmc_method: Method | str = "hmc_vectorized",
+        mcmc_parameters: dict[str, Any] | None = None,
         **kwargs: Any,
-    ) -> RatioMCMCPosterior:
-        r"""A :class:`RatioMCMCPosterior` around the trained (or given) estimator.
+    ) -> NeuralPosterior:
+        r"""The posterior of the trained (or given) estimator, with `sbi`'s
+        arguments: a :class:`RatioMCMCPosterior` when `sample_with="mcmc"` and
+        `mcmc_method` is one of its `METHODS`; otherwise `sbi`'s own posterior
+        (`NRE_A.build_posterior`: its slice samplers, rejection, VI, importance
+        sampling) on the same estimator.
 
         Arguments:
-            estimator: The ratio estimator; the last trained when `None`.
+            density_estimator: The ratio estimator; the last trained when `None`.
             prior: The prior; the inference's when `None`.
-            method: The MCMC method, see :class:`RatioMCMCPosterior`.
-            kwargs: Further arguments of :class:`RatioMCMCPosterior`.
+            sample_with: `"mcmc"`, or `sbi`'s `"rejection"`, `"vi"`,
+                `"importance"`.
+            mcmc_method: One of `METHODS` (`"hmc_vectorized"` by default), or
+                one of `sbi`'s (`"slice_np_vectorized"`, ...).
+            mcmc_parameters: Arguments of :class:`RatioMCMCPosterior`
+                (`num_chains`, `warmup_steps`, `thin`, `init_strategy`,
+                `kernel_kwargs`...), or of `sbi`'s `MCMCPosterior` for its
+                methods.
+            kwargs: Further arguments of `NRE_A.build_posterior`
+                (`vi_parameters`, `rejection_sampling_parameters`,
+                `posterior_parameters`...), which build `sbi`'s posterior.
         """
-        estimator = self._neural_net if estimator is None else estimator
+        estimator = self._neural_net if density_estimator is None else density_estimator
         prior = self._prior if prior is None else prior
         if estimator is None or prior is None:
             raise ValueError(
                 "AALR has no trained estimator or no prior: call `train()` first and "
                 "give a prior to AALR or to `build_posterior`."
             )
-        kwargs.setdefault("show_progress_bars", self._show_progress_bars)
+        sbis = kwargs.get("posterior_parameters") is not None  # sbi's dataclasses
+        if sample_with != "mcmc" or mcmc_method not in METHODS or sbis:
+            return super().build_posterior(
+                estimator,
+                prior,
+                sample_with,
+                mcmc_method=mcmc_method,
+                mcmc_parameters=mcmc_parameters,
+                **kwargs,
+            )
+        if kwargs:
+            raise ValueError(
+                f"{sorted(kwargs)} are not arguments of the MCMC posterior: pass its "
+                "options in `mcmc_parameters`."
+            )
+        parameters = {"show_progress_bars": self._show_progress_bars}
+        parameters.update(mcmc_parameters or {})
         return RatioMCMCPosterior(
-            estimator, prior, method=method, device=self._device, **kwargs
+            estimator, prior, method=mcmc_method, device=self._device, **parameters
         )

@@ -5,27 +5,48 @@ from __future__ import annotations
 import math
 import warnings
 from collections.abc import Callable
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 import torch
 from pyro.infer import HMC, MCMC, NUTS
 from sbi.inference.potentials.ratio_based_potential import RatioBasedPotential
 from sbi.sbi_types import Shape
 from sbi.utils import mcmc_transform, process_prior
+from sbi.utils.torchutils import process_device
 from torch import Tensor, nn
 from torch.distributions import Distribution
 
 from ..checked_posterior import CheckedPosterior, theta_dim
 from ..diagnostics import convergence
 from ..samplers import VectorizedHMC, VectorizedMH, systematic_resample
+from ..samplers.state import LogDensity
 
 __all__ = ["METHODS", "RatioMCMCPosterior"]
 
 Method = Literal["hmc_vectorized", "mh_vectorized", "hmc_pyro", "nuts_pyro"]
 METHODS = ("hmc_vectorized", "mh_vectorized", "hmc_pyro", "nuts_pyro")
-InitStrategy = Literal["resample", "prior"]
+# "proposal" and "sir" are sbi's names: its proposal is the prior, and its SIR
+# resamples prior draws weighted by the ratio, as "resample" does.
+InitStrategy = Literal["resample", "prior", "proposal", "sir"]
+INIT_STRATEGIES = {
+    "resample": "resample",
+    "sir": "resample",
+    "prior": "prior",
+    "proposal": "prior",
+}
 # The default thinning of random-walk Metropolis-Hastings.
 MH_THIN = 20
+
+
+class _Settings(NamedTuple):
+    r"""What one run uses: the posterior's settings with a call's overrides."""
+
+    method: str
+    num_chains: int
+    warmup_steps: int
+    thin: int
+    init_strategy: str | Distribution
+    num_init_candidates: int
 
 
 class RatioMCMCPosterior(CheckedPosterior):
@@ -48,15 +69,26 @@ class RatioMCMCPosterior(CheckedPosterior):
     `chains` holds the draws with their chain dimension and `diagnostics` the
     split R-hat and bulk ESS per parameter and the kernels' statistics per chain;
     a run with R-hat above 1.01, fewer effective draws than asked for, or
-    divergences warns.
+    divergences warns. A potential that is NaN (or :math:`+\infty`) inside the
+    prior's support raises a :class:`ValueError` naming the chain and
+    :math:`\theta`, whatever the method: it is a broken estimator, not a
+    rejection.
+
+    The calls of `sbi`'s `MCMCPosterior` work as they are: `sample` and
+    `sample_batched` take its per-call overrides (`method`, `num_chains`,
+    `warmup_steps`, `thin`, `init_strategy`, `init_strategy_parameters`),
+    `set_mcmc_method` and `mcmc_method` switch the sampler, `map`, `potential`,
+    `log_prob` (unnormalized, with `sbi`'s warnings), `set_default_x` and `to`
+    behave as `sbi`'s.
 
     References:
         | Likelihood-free MCMC with Amortized Approximate Ratio Estimators
         | (Hermans et al., 2020) https://arxiv.org/abs/1903.04057
 
     Arguments:
-        estimator: Any `sbi` ratio estimator (NRE_A, NRE_B, NRE_C, BNRE), or any
-            module mapping `(theta, x)` batches to log-ratios `(B,)` or `(B, 1)`.
+        estimator: Any `sbi` ratio estimator (NRE_A, NRE_B, NRE_C, BNRE), any
+            module mapping `(theta, x)` batches to log-ratios `(B,)` or `(B, 1)`,
+            or a plain function `f(theta, x)` that does.
         prior: The prior.
         method: The sampler, one of `METHODS`.
         num_chains: The number of chains.
@@ -66,9 +98,11 @@ class RatioMCMCPosterior(CheckedPosterior):
             benchmark's 5-D Gaussian posterior scored C2ST 0.73–0.78 against
             0.55 for HMC), and 1 for the gradient-based methods.
         init_strategy: `"resample"` (systematic resampling of prior draws
-            weighted by the ratio, one batch for all chains), `"prior"`, or a
-            distribution over :math:`\theta`.
-        num_init_candidates: The number of prior draws to resample from.
+            weighted by the ratio, one batch for all chains; `sbi`'s `"sir"` is
+            the same), `"prior"` (`sbi`'s `"proposal"`), or a distribution over
+            :math:`\theta`.
+        num_init_candidates: The number of prior draws to resample from
+            (`sbi`'s `init_strategy_parameters={"num_candidate_samples": ...}`).
         kernel_kwargs: Options of the kernel: for `"hmc_vectorized"` those of
             :class:`~sbi_alfi.samplers.VectorizedHMC` (`step_size`, `num_steps`,
             `target_accept`, `mass_matrix`, `adapt_trajectory_length`,
@@ -78,6 +112,11 @@ class RatioMCMCPosterior(CheckedPosterior):
             `target_accept_prob`, `full_mass`, `max_tree_depth`, `jit_compile`...).
         device: The device of the chains; the estimator's when `None`.
         show_progress_bars: Whether to show Pyro's progress bar.
+        init_strategy_parameters: `sbi`'s: `{"num_candidate_samples": N}` sets
+            `num_init_candidates`.
+        num_workers: Accepted for `sbi`'s calls and unused: the vectorized
+            chains run as one batch, Pyro's in this process.
+        mp_context: Accepted for `sbi`'s calls and unused.
 
     Example:
         >>> import torch
@@ -98,7 +137,7 @@ class RatioMCMCPosterior(CheckedPosterior):
 
     def __init__(
         self,
-        estimator: nn.Module | Callable,
+        estimator: nn.Module | Callable[[Tensor, Tensor], Tensor],
         prior: Distribution,
         method: Method = "hmc_vectorized",
         num_chains: int = 100,
@@ -109,24 +148,17 @@ class RatioMCMCPosterior(CheckedPosterior):
         kernel_kwargs: dict[str, Any] | None = None,
         device: str | torch.device | None = None,
         show_progress_bars: bool = True,
+        init_strategy_parameters: dict[str, Any] | None = None,
+        num_workers: int = 1,
+        mp_context: str = "spawn",
     ):
-        if method not in METHODS:
-            raise ValueError(f"`method` must be one of {METHODS}, got {method!r}.")
-        if thin is None:
-            thin = MH_THIN if method == "mh_vectorized" else 1
-        if num_chains < 1 or warmup_steps < 0 or thin < 1:
-            raise ValueError(
-                "Need `num_chains` >= 1, `warmup_steps` >= 0 and `thin` >= 1, got "
-                f"{num_chains}, {warmup_steps} and {thin}."
-            )
-        if isinstance(init_strategy, str) and init_strategy not in (
-            "resample",
-            "prior",
-        ):
-            raise ValueError(
-                "`init_strategy` must be 'resample', 'prior' or a distribution, got "
-                f"{init_strategy!r}."
-            )
+        if not isinstance(estimator, nn.Module):
+            if not callable(estimator):
+                raise ValueError(
+                    "`estimator` must be a ratio estimator (a module) or a function "
+                    f"f(theta, x) of log-ratios, got {type(estimator).__name__}."
+                )
+            estimator = _FunctionRatio(estimator)
         prior, _, _ = process_prior(prior)  # log_prob is -inf off the support
         theta_shape = getattr(estimator, "theta_shape", None)  # sbi's estimators
         prior_shape = prior.event_shape or prior.sample().shape
@@ -136,26 +168,130 @@ class RatioMCMCPosterior(CheckedPosterior):
                 f"the prior's theta has shape {tuple(prior_shape)}."
             )
         if device is None:
-            parameter = next(iter(getattr(estimator, "parameters", list)()), None)
+            parameter = next(iter(estimator.parameters()), None)
             device = parameter.device if parameter is not None else "cpu"
         self.estimator = estimator
         self.prior = prior
         self.method = method
         self.num_chains = num_chains
         self.warmup_steps = warmup_steps
-        self.thin = thin
+        self._thin = thin
         self.init_strategy = init_strategy
         self.num_init_candidates = num_init_candidates
         self.kernel_kwargs = dict(kernel_kwargs or {})
         self.show_progress_bars = show_progress_bars
+        del num_workers, mp_context  # sbi's, for its calls: see `sample`
+        # The settings' checks, before any run; sbi's names translated.
+        settings = self._settings(init_strategy_parameters=init_strategy_parameters)
+        self.init_strategy = settings.init_strategy
+        self.num_init_candidates = settings.num_init_candidates
         self.chains: Tensor | None = None
         self.diagnostics: dict[str, Tensor] = {}
-        potential = _RatioPotential(estimator, prior, device=device)
+        self._build(process_device(device))
+
+    def _build(self, device: str) -> None:
+        r"""The potential and transform on `device` (`sbi`'s base class resets the
+        default x, which is kept)."""
+        x_o = getattr(self, "_x", None)
+        potential = _RatioPotential(self.estimator, self.prior, device=device)
         super().__init__(
             potential,
-            theta_transform=mcmc_transform(prior, device=device),
+            theta_transform=mcmc_transform(self.prior, device=device),
             device=device,
         )
+        if x_o is not None:
+            self.set_default_x(x_o.to(device))
+
+    # Settings, with sbi's names
+
+    @property
+    def thin(self) -> int:
+        r"""The thinning of the current method (see the `thin` argument)."""
+        return self._default_thin(self.method) if self._thin is None else self._thin
+
+    @thin.setter
+    def thin(self, thin: int | None) -> None:
+        self._thin = thin
+
+    @staticmethod
+    def _default_thin(method: str) -> int:
+        return MH_THIN if method == "mh_vectorized" else 1
+
+    @property
+    def mcmc_method(self) -> str:
+        r"""The MCMC method, as `sbi`'s `MCMCPosterior.mcmc_method`."""
+        return self.method
+
+    @mcmc_method.setter
+    def mcmc_method(self, method: Method) -> None:
+        self.set_mcmc_method(method)
+
+    def set_mcmc_method(self, method: Method) -> RatioMCMCPosterior:
+        r"""Sets the MCMC method, one of `METHODS`; returns the posterior, for
+        chaining (as `sbi`'s)."""
+        self._settings(method=method)
+        self.method = method
+        return self
+
+    def _settings(
+        self,
+        method: str | None = None,
+        num_chains: int | None = None,
+        warmup_steps: int | None = None,
+        thin: int | None = None,
+        init_strategy: str | Distribution | None = None,
+        init_strategy_parameters: dict[str, Any] | None = None,
+    ) -> _Settings:
+        r"""The posterior's settings with the given overrides, checked, with
+        `sbi`'s names translated."""
+        method = self.method if method is None else method
+        if method not in METHODS:
+            raise ValueError(f"`method` must be one of {METHODS}, got {method!r}.")
+        num_chains = self.num_chains if num_chains is None else num_chains
+        warmup_steps = self.warmup_steps if warmup_steps is None else warmup_steps
+        thin = self._thin if thin is None or thin == -1 else thin  # sbi's -1: default
+        thin = self._default_thin(method) if thin is None else thin
+        if num_chains < 1 or warmup_steps < 0 or thin < 1:
+            raise ValueError(
+                "Need `num_chains` >= 1, `warmup_steps` >= 0 and `thin` >= 1, got "
+                f"{num_chains}, {warmup_steps} and {thin}."
+            )
+        init = self.init_strategy if init_strategy is None else init_strategy
+        if not isinstance(init, Distribution):
+            if init not in INIT_STRATEGIES:
+                raise ValueError(
+                    f"`init_strategy` must be one of {tuple(INIT_STRATEGIES)} or a "
+                    f"distribution, got {init!r}."
+                )
+            init = INIT_STRATEGIES[init]
+        parameters = dict(init_strategy_parameters or {})
+        num_candidates = parameters.pop("num_candidate_samples", None)
+        # sbi's other keys: its candidates' batches (here one batch) and device
+        # (here the posterior's).
+        unknown = set(parameters) - {"num_batches", "device"}
+        if unknown:
+            raise ValueError(
+                "`init_strategy_parameters` takes `num_candidate_samples` (and "
+                f"sbi's `num_batches`, `device`), got {sorted(unknown)}."
+            )
+        if num_candidates is None:
+            num_candidates = self.num_init_candidates
+        return _Settings(method, num_chains, warmup_steps, thin, init, num_candidates)
+
+    def to(self, device: str | torch.device) -> RatioMCMCPosterior:
+        r"""Moves the estimator, the prior, the transform and the default x to
+        `device`, as `sbi`'s `MCMCPosterior.to`; returns the posterior."""
+        device = process_device(device)  # sbi's clear error without CUDA
+        self.estimator.to(device)
+        if hasattr(self.prior, "to"):  # sbi's priors move; torch's do not
+            self.prior.to(device)
+        elif device != str(self._device):
+            raise ValueError(
+                f"The prior {type(self.prior).__name__} cannot be moved to {device}: "
+                "build the posterior with a prior on that device."
+            )
+        self._build(device)
+        return self
 
     # The target
 
@@ -167,9 +303,41 @@ class RatioMCMCPosterior(CheckedPosterior):
                 f"`z` must have shape (C, {theta_dim(self.prior)}), got "
                 f"{tuple(z.shape)}."
             )
-        theta = self.theta_transform.inv(z)
-        log_jacobian = self.theta_transform.log_abs_det_jacobian(theta, z)
-        return self.potential_fn(theta, track_gradients=True) - log_jacobian
+        return self._target()(z)
+
+    def _target(
+        self, x_chains: Tensor | None = None, chains_per_x: int = 0, first: int = 0
+    ) -> LogDensity:
+        r"""The log-density in the unconstrained space of the chains: at the
+        current x, or with chain `i` at observation `x_chains[i]` (for
+        `sample_batched`, `chains_per_x` chains per observation). It raises on
+        NaN or :math:`+\infty`, naming the chain (numbered from `first`) and
+        :math:`\theta`."""
+
+        def log_density(z: Tensor) -> Tensor:
+            theta = self.theta_transform.inv(z)
+            log_jacobian = self.theta_transform.log_abs_det_jacobian(theta, z)
+            if x_chains is None:
+                potential = self.potential_fn(theta, track_gradients=True)
+            else:
+                log_ratio = self.estimator(theta, x_chains).reshape(-1)
+                potential = log_ratio + self.prior.log_prob(theta)
+            value = potential - log_jacobian
+            bad = torch.isnan(value) | torch.isposinf(value)
+            if bad.any():
+                i = int(bad.nonzero()[0, 0])
+                chain = f"chain {first + i}"
+                if chains_per_x:
+                    b, c = divmod(i, chains_per_x)
+                    chain = f"chain {c} of observation {b}"
+                raise ValueError(
+                    f"The potential is {value[i].item()} at {chain} ({int(bad.sum())} "
+                    f"of {len(value)} chains), theta = {theta[i].tolist()}, inside the "
+                    "prior's support: the ratio estimator must be finite there."
+                )
+            return value
+
+        return log_density
 
     def log_prob(
         self, theta: Tensor, x: Tensor | None = None, track_gradients: bool = False
@@ -238,19 +406,43 @@ class RatioMCMCPosterior(CheckedPosterior):
         self,
         sample_shape: Shape = (),
         x: Tensor | None = None,
+        method: Method | None = None,
+        thin: int | None = None,
+        warmup_steps: int | None = None,
+        num_chains: int | None = None,
+        init_strategy: InitStrategy | Distribution | None = None,
+        init_strategy_parameters: dict[str, Any] | None = None,
+        num_workers: int | None = None,
+        mp_context: str | None = None,
         show_progress_bars: bool | None = None,
     ) -> Tensor:
-        r"""Draws from the posterior of `x` by MCMC.
+        r"""Draws from the posterior of `x` by MCMC, with `sbi`'s per-call
+        overrides of the posterior's settings (this call only).
 
         Arguments:
             sample_shape: The shape of the draws.
             x: One observation `(*x_shape)` or `(1, *x_shape)`, or `n` i.i.d. ones
                 `(n, *x_shape)`; the default x when `None`.
+            method: Overrides the MCMC method.
+            thin: Overrides the thinning (`sbi`'s -1: the method's default).
+            warmup_steps: Overrides the warmup steps.
+            num_chains: Overrides the number of chains.
+            init_strategy: Overrides the initialization.
+            init_strategy_parameters: `{"num_candidate_samples": N}` overrides
+                `num_init_candidates`.
+            num_workers: Accepted for `sbi`'s calls and unused: the vectorized
+                chains run as one batch, Pyro's in this process.
+            mp_context: Accepted for `sbi`'s calls and unused.
             show_progress_bars: Overrides the posterior's setting.
 
         Returns:
             Draws of shape `(*sample_shape, D)`, taken from the chains in turn.
         """
+        del num_workers, mp_context
+        run = self._settings(
+            method, num_chains, warmup_steps, thin, init_strategy,
+            init_strategy_parameters,
+        )  # fmt: skip
         sample_shape = self._check_sample_shape(sample_shape)
         x = self._x_else_default_x(x)
         self.potential_fn.set_x(x)
@@ -258,20 +450,18 @@ class RatioMCMCPosterior(CheckedPosterior):
         dim = theta_dim(self.prior)
         if num_samples == 0:
             return torch.zeros(*sample_shape, dim, device=self._device)
-        per_chain = max(1, math.ceil(num_samples / self.num_chains))
-        show = (
-            self.show_progress_bars
-            if show_progress_bars is None
-            else show_progress_bars
-        )
-        z_0 = self._initial_positions()
-        if self.method.endswith("_pyro"):
-            z, kernel_diagnostics = self._run_pyro(z_0, per_chain, show)
+        per_chain = max(1, math.ceil(num_samples / run.num_chains))
+        show = self._show(show_progress_bars)
+        z_0 = self._initial_positions(run)
+        if run.method.endswith("_pyro"):
+            z, kernel_diagnostics = self._run_pyro(run, z_0, per_chain, show)
         else:
-            z, kernel_diagnostics = self._run_vectorized(z_0, per_chain, show)
+            z, kernel_diagnostics = self._run_vectorized(
+                run, z_0, per_chain, show, self._target()
+            )
         chains = self.theta_transform.inv(z).detach()  # (C, S, D)
         self.chains = chains
-        self._diagnose(chains, num_samples, kernel_diagnostics)
+        self._diagnose(run, chains, num_samples, kernel_diagnostics)
         draws = chains.transpose(0, 1).reshape(-1, dim)[:num_samples]
         return draws.reshape(*sample_shape, dim)
 
@@ -279,15 +469,32 @@ class RatioMCMCPosterior(CheckedPosterior):
         self,
         sample_shape: Shape,
         x: Tensor,
+        method: Method | None = None,
+        thin: int | None = None,
+        warmup_steps: int | None = None,
+        num_chains: int | None = None,
+        init_strategy: InitStrategy | Distribution | None = None,
+        init_strategy_parameters: dict[str, Any] | None = None,
+        num_workers: int | None = None,
+        mp_context: str | None = None,
         show_progress_bars: bool | None = None,
     ) -> Tensor:
         r"""Draws from the posteriors of `B` observations, one each, at once: with the
         vectorized methods all `B x num_chains` chains step together, one network
-        call per step; Pyro's kernels run observation after observation.
+        call per step; Pyro's kernels run observation after observation. The
+        overrides are :meth:`sample`'s.
 
         Arguments:
             sample_shape: The shape of the draws for each observation.
             x: Observations of shape `(B, *x_shape)`.
+            method: Overrides the MCMC method.
+            thin: Overrides the thinning.
+            warmup_steps: Overrides the warmup steps.
+            num_chains: Overrides the number of chains per observation.
+            init_strategy: Overrides the initialization.
+            init_strategy_parameters: `{"num_candidate_samples": N}`.
+            num_workers: Accepted for `sbi`'s calls and unused.
+            mp_context: Accepted for `sbi`'s calls and unused.
             show_progress_bars: Overrides the posterior's setting.
 
         Returns:
@@ -295,57 +502,68 @@ class RatioMCMCPosterior(CheckedPosterior):
             `(B, num_chains, draws per chain, D)` and `diagnostics` R-hat and ESS of
             shape `(B, D)`.
         """
+        del num_workers, mp_context
+        run = self._settings(
+            method, num_chains, warmup_steps, thin, init_strategy,
+            init_strategy_parameters,
+        )  # fmt: skip
         sample_shape = self._check_sample_shape(sample_shape)
         x = self._check_x(x)
-        if self.method.endswith("_pyro"):
-            draws = [
-                self.sample(sample_shape, x_b[None], show_progress_bars) for x_b in x
-            ]
+        if run.method.endswith("_pyro"):
+            overrides = dict(
+                method=method,
+                thin=thin,
+                warmup_steps=warmup_steps,
+                num_chains=num_chains,
+                init_strategy=init_strategy,
+                init_strategy_parameters=init_strategy_parameters,
+                show_progress_bars=show_progress_bars,
+            )
+            draws = [self.sample(sample_shape, x_b[None], **overrides) for x_b in x]
             return torch.stack(draws, -2)
-        batch, num_chains = len(x), self.num_chains
+        batch, num_chains = len(x), run.num_chains
         num_samples = math.prod(sample_shape)
         dim = theta_dim(self.prior)
         if num_samples == 0:
             return torch.zeros(*sample_shape, batch, dim, device=self._device)
         per_chain = max(1, math.ceil(num_samples / num_chains))
         x_chains = x.repeat_interleave(num_chains, dim=0)  # chain c of x_b: b * C + c
-
-        def log_density(z: Tensor) -> Tensor:
-            theta = self.theta_transform.inv(z)
-            log_ratio = self.estimator(theta, x_chains).reshape(-1)
-            log_jacobian = self.theta_transform.log_abs_det_jacobian(theta, z)
-            return log_ratio + self.prior.log_prob(theta) - log_jacobian
-
-        z_0 = self._initial_positions(x)
-        show = (
-            self.show_progress_bars
-            if show_progress_bars is None
-            else show_progress_bars
-        )
+        z_0 = self._initial_positions(run, x)
         z, kernel_diagnostics = self._run_vectorized(
-            z_0, per_chain, show, log_density, num_groups=batch
+            run,
+            z_0,
+            per_chain,
+            self._show(show_progress_bars),
+            self._target(x_chains, num_chains),
+            num_groups=batch,
         )
         chains = self.theta_transform.inv(z).detach()
         chains = chains.reshape(batch, num_chains, per_chain, -1)
         self.chains = chains
-        self._diagnose(chains.permute(1, 2, 0, 3), num_samples, kernel_diagnostics)
+        self._diagnose(run, chains.permute(1, 2, 0, 3), num_samples, kernel_diagnostics)
         draws = chains.permute(2, 1, 0, 3).reshape(-1, batch, chains.shape[-1])
         return draws[:num_samples].reshape(*sample_shape, batch, dim)
 
-    def _initial_positions(self, x_batch: Tensor | None = None) -> Tensor:
+    def _show(self, show_progress_bars: bool | None) -> bool:
+        if show_progress_bars is None:
+            return self.show_progress_bars
+        return show_progress_bars
+
+    def _initial_positions(self, run: _Settings, x_batch: Tensor | None = None):
         r"""The chains' starting points in the unconstrained space: `(C, D)` for the
         current `x`, or `(B * C, D)` for the observations `x_batch`, each row its
         own, chains grouped by observation."""
         batch = 1 if x_batch is None else len(x_batch)
-        num = batch * self.num_chains
-        if isinstance(self.init_strategy, Distribution):
-            theta = self.init_strategy.sample((num,))
-        elif self.init_strategy == "prior":
+        num = batch * run.num_chains
+        if isinstance(run.init_strategy, Distribution):
+            theta = run.init_strategy.sample((num,))
+        elif run.init_strategy == "prior":
             theta = self.prior.sample((num,))
         else:
             # One importance resampling of shared prior draws, weighted by the
             # ratio (the posterior over the prior), for every chain at once.
-            candidates = self.prior.sample((self.num_init_candidates,)).to(self._device)
+            candidates = self.prior.sample((run.num_init_candidates,))
+            candidates = candidates.to(self._device)
             with torch.no_grad():
                 if x_batch is None:
                     log_weights = self.potential_fn(candidates, track_gradients=False)
@@ -355,59 +573,59 @@ class RatioMCMCPosterior(CheckedPosterior):
                         candidates.repeat(batch, 1),
                         x_batch.repeat_interleave(len(candidates), dim=0),
                     ).reshape(batch, -1)
+            _check_weights(log_weights)
             log_weights = torch.nan_to_num(log_weights, nan=-torch.inf)
             # Systematic, not multinomial: the chains' shares of the modes follow
             # the weights as closely as a whole number of chains can.
-            index = systematic_resample(log_weights, self.num_chains)
+            index = systematic_resample(log_weights, run.num_chains)
             theta = candidates[index.reshape(-1)]
         return self.theta_transform(theta.to(self._device)).detach()
 
     def _run_vectorized(
         self,
+        run: _Settings,
         z_0: Tensor,
         per_chain: int,
         show: bool,
-        log_density: Callable[[Tensor], Tensor] | None = None,
+        log_density: LogDensity,
         num_groups: int = 1,
     ) -> tuple[Tensor, dict[str, Tensor]]:
-        kernel_class = (
-            VectorizedHMC if self.method == "hmc_vectorized" else VectorizedMH
-        )
-        log_density = self.log_density if log_density is None else log_density
+        kernel_class = VectorizedHMC if run.method == "hmc_vectorized" else VectorizedMH
         kernel = kernel_class(
             log_density, z_0, num_groups=num_groups, **self.kernel_kwargs
         )
         mcmc = MCMC(
             kernel,
-            num_samples=per_chain * self.thin,
-            warmup_steps=self.warmup_steps,
+            num_samples=per_chain * run.thin,
+            warmup_steps=run.warmup_steps,
             disable_progbar=not show,
         )
         mcmc.run()
-        z = mcmc.get_samples()["theta"][:: self.thin]  # (S, C, D)
+        z = mcmc.get_samples()["theta"][:: run.thin]  # (S, C, D)
         return z.transpose(0, 1), kernel.diagnostics()
 
     def _run_pyro(
-        self, z_0: Tensor, per_chain: int, show: bool
+        self, run: _Settings, z_0: Tensor, per_chain: int, show: bool
     ) -> tuple[Tensor, dict[str, Tensor]]:
         # Pyro's kernels take one chain; they run one after another, as in sbi.
-        kernel_class = NUTS if self.method == "nuts_pyro" else HMC
-
-        def potential(params: dict[str, Tensor]) -> Tensor:
-            return -self.log_density(params["theta"].unsqueeze(0)).squeeze(0)
-
+        kernel_class = NUTS if run.method == "nuts_pyro" else HMC
         chains, stats = [], {"acceptance_rate": [], "step_size": [], "divergences": []}
-        for z in z_0:
+        for c, z in enumerate(z_0):
+            log_density = self._target(first=c)
+
+            def potential(params: dict[str, Tensor], log_density=log_density):
+                return -log_density(params["theta"].unsqueeze(0)).squeeze(0)
+
             kernel = kernel_class(potential_fn=potential, **self.kernel_kwargs)
             mcmc = MCMC(
                 kernel,
-                num_samples=per_chain * self.thin,
-                warmup_steps=self.warmup_steps,
+                num_samples=per_chain * run.thin,
+                warmup_steps=run.warmup_steps,
                 initial_params={"theta": z},
                 disable_progbar=not show,
             )
             mcmc.run()
-            chains.append(mcmc.get_samples()["theta"][:: self.thin])
+            chains.append(mcmc.get_samples()["theta"][:: run.thin])
             diagnostics = mcmc.diagnostics()
             stats["acceptance_rate"].append(
                 float(diagnostics["acceptance rate"]["chain 0"])
@@ -417,7 +635,11 @@ class RatioMCMCPosterior(CheckedPosterior):
         return torch.stack(chains), {k: torch.tensor(v) for k, v in stats.items()}
 
     def _diagnose(
-        self, chains: Tensor, num_samples: int, kernel_diagnostics: dict[str, Tensor]
+        self,
+        run: _Settings,
+        chains: Tensor,
+        num_samples: int,
+        kernel_diagnostics: dict[str, Tensor],
     ) -> None:
         r"""Split R-hat and bulk ESS per parameter (:func:`convergence`) of `chains`,
         `(C, S, *batch, D)`, with the kernels' per-chain statistics; warns when the
@@ -437,7 +659,7 @@ class RatioMCMCPosterior(CheckedPosterior):
             problems.append(f"{int(divergences.sum())} divergent transitions")
         if problems:
             warnings.warn(
-                f"MCMC ({self.method}) may not have converged: "
+                f"MCMC ({run.method}) may not have converged: "
                 + "; ".join(problems)
                 + ". Consider more warmup_steps, more chains or thinning.",
                 stacklevel=3,
@@ -449,9 +671,47 @@ class RatioMCMCPosterior(CheckedPosterior):
             f"warmup_steps={self.warmup_steps}, thin={self.thin})"
         )
 
+    def __str__(self) -> str:
+        # sbi's wording, with what this posterior samples and how.
+        return (
+            f"Posterior p(θ|x) of type RatioMCMCPosterior, on the ratio estimator "
+            f"{type(self.estimator).__name__}. It samples by MCMC ({self.method}, "
+            f"{self.num_chains} chains, {self.warmup_steps} warmup steps, thin "
+            f"{self.thin}) with .sample() and evaluates the _unnormalized_ "
+            "posterior density with .potential()."
+        )
+
 
 def _shape(shape) -> str:
     return ", ".join(str(n) for n in shape)
+
+
+def _check_weights(log_weights: Tensor) -> None:
+    r"""Raises unless every observation's initial candidates have some finite
+    weight: a ratio that is NaN (or zero) at every candidate cannot be sampled."""
+    nan = torch.isnan(log_weights).all(-1)
+    dead = (torch.nan_to_num(log_weights, nan=-torch.inf) == -torch.inf).all(-1)
+    if nan.any() or dead.any():
+        b = int((nan | dead).nonzero()[0, 0])
+        what = "NaN" if nan[b] else "-inf (zero ratio)"
+        which = f" of observation {b}" if len(log_weights) > 1 else ""
+        raise ValueError(
+            f"The ratio estimator is {what} at every one of the "
+            f"{log_weights.shape[-1]} initial candidates (prior draws){which}: it "
+            "is broken or untrained, or x lies where it was never trained."
+        )
+
+
+class _FunctionRatio(nn.Module):
+    r"""A plain function `f(theta, x)` of log-ratios, as a module (`sbi`'s
+    potential calls `eval()` on its estimator)."""
+
+    def __init__(self, function: Callable[[Tensor, Tensor], Tensor]):
+        super().__init__()
+        self.function = function
+
+    def forward(self, theta: Tensor, x: Tensor) -> Tensor:
+        return self.function(theta, x)
 
 
 class _RatioPotential(RatioBasedPotential):

@@ -86,7 +86,7 @@ class ALFI:
         >>> posterior = inference.build_posterior()
         >>> x_o = sim(torch.tensor([[2.0]]).expand(50, 1))
         >>> posterior.map(x=x_o).shape
-        torch.Size([1])
+        torch.Size([1, 1])
     """
 
     def __init__(

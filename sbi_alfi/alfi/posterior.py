@@ -297,23 +297,38 @@ class ALFIPosterior(CheckedPosterior):
     def map(
         self,
         x: Tensor | None = None,
+        num_iter: int = 1_000,
+        num_to_optimize: int = 100,
+        learning_rate: float = 0.01,
+        init_method: str | Tensor = "posterior",
+        num_init_samples: int = 1_000,
+        save_best_every: int = 10,
         show_progress_bars: bool = False,
         force_update: bool = False,
     ) -> Tensor:
-        r"""ALFI's point estimate :math:`t^{-1}(\mu_T)`, of shape `(D,)`: the image
-        of the final proposal's mode (its coordinate-wise median in parameter
-        space). No optimization is needed, unlike `sbi`'s `map`.
+        r"""ALFI's point estimate :math:`t^{-1}(\mu_T)`, of shape `(1, D)` as
+        `sbi`'s `map`: the image of the final proposal's mode (its
+        coordinate-wise median in parameter space). It is known in closed form,
+        so `sbi`'s optimizer arguments are accepted and unused.
 
         Arguments:
             x: A data set of shape `(n, *x_shape)`; the default x when `None`.
-            show_progress_bars: Unused; kept for `sbi`'s interface.
+            num_iter: Unused (`sbi`'s).
+            num_to_optimize: Unused (`sbi`'s).
+            learning_rate: Unused (`sbi`'s).
+            init_method: Unused (`sbi`'s).
+            num_init_samples: Unused (`sbi`'s).
+            save_best_every: Unused (`sbi`'s).
+            show_progress_bars: Unused (`sbi`'s).
             force_update: Run the machine again for this `x` (new simulations).
         """
+        del num_iter, num_to_optimize, learning_rate, init_method
+        del num_init_samples, save_best_every, show_progress_bars
         x = self._x_else_default_x(x)
         if force_update:
             self._cache.pop(self._key(x), None)
         mu = self._psi(x.unsqueeze(0))[-1, 0].chunk(2, dim=-1)[0]
-        return self.theta_transform.inv(mu.clamp(-Z_MAX, Z_MAX))
+        return self.theta_transform.inv(mu.clamp(-Z_MAX, Z_MAX))[None]
 
     def trajectory(self, x: Tensor | None = None, num_nodes: int = 32) -> Trajectory:
         r"""The proposals :math:`\psi_0 \dots \psi_T` for the data set `x`, with their

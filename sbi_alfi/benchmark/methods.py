@@ -70,7 +70,8 @@ def _aalr(method: str, **posterior_kwargs) -> Callable:
         inference, train_seconds = _trained_ratio[key]
         start = time.perf_counter()
         posterior = inference.build_posterior(
-            method=method, show_progress_bars=False, **posterior_kwargs
+            mcmc_method=method,
+            mcmc_parameters={"show_progress_bars": False, **posterior_kwargs},
         )
         samples = posterior.sample((num_samples,), x=x_o[None])
         end = time.perf_counter()

@@ -17,7 +17,7 @@ from .adaptation import (
     warmup_windows,
 )
 from .base import VectorizedKernel
-from .state import ChainState, LogDensity, init_state
+from .state import ChainState, LogDensity, checked, init_state
 
 __all__ = ["HMCInfo", "VectorizedHMC", "hmc_step"]
 
@@ -86,10 +86,11 @@ def hmc_step(
 
     def potential(z: dict[str, Tensor]) -> Tensor:
         # A diverging trajectory can leave the reals; its density is zero (the
-        # chain is rejected) and the log-density never sees it.
+        # chain is rejected) and the log-density never sees it. At a finite
+        # position, NaN is a broken potential, as in every kernel: it raises.
         position = z["theta"]
         finite = torch.isfinite(position).all(-1)
-        value = log_density(torch.where(finite[:, None], position, 0.0))
+        value = checked(log_density, torch.where(finite[:, None], position, 0.0))
         last["log_density"] = torch.where(finite, value, -torch.inf)
         # The chains are independent: the gradient of the sum is each one's own.
         return -last["log_density"].sum()
