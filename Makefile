@@ -8,7 +8,9 @@ PY := $(VENV)/bin/python
 TORCH ?= torch==2.13.0
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test test-portable test-slow seed-sweep lint coverage clean
+BENCHMARK_STAMP := $(VENV)/.benchmark
+
+.PHONY: install benchmark-install demo test test-portable test-slow seed-sweep lint coverage clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -17,6 +19,18 @@ $(STAMP): pyproject.toml
 	touch $@
 
 install: $(STAMP)
+
+# For benchmarks only, never for the tests: sbibm's reference posteriors.
+# sbibm declares stale pins (sbi<0.22, ABC packages it only needs for its own
+# algorithms), so it goes in without its dependencies; what its tasks import
+# (pandas) comes with the `benchmark` extra.
+SBIBM ?= sbibm==1.1.0
+$(BENCHMARK_STAMP): $(STAMP)
+	$(PY) -m pip install --quiet -e ".[test,dev,benchmark]"
+	$(PY) -m pip install --quiet --no-deps "$(SBIBM)"
+	touch $@
+
+benchmark-install: $(BENCHMARK_STAMP)
 
 demo: $(STAMP)
 	$(PY) -m sbi_alfi.demo

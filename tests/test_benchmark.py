@@ -21,8 +21,11 @@ from sbi_alfi.benchmark import (
 )
 from sbi_alfi.benchmark.methods import alfi_schedule
 
+OWN_TASKS = sorted(name for name in TASKS if not name.startswith("sbibm_"))
+SBIBM_TASKS = sorted(set(TASKS) - set(OWN_TASKS))
 
-@pytest.mark.parametrize("name", sorted(TASKS))
+
+@pytest.mark.parametrize("name", OWN_TASKS)
 def test_tasks_simulate_and_score_their_observations(name, seed):
     task = make_task(name)
     theta_o, x_o = task.observation(seed=seed + 3)
@@ -267,3 +270,68 @@ def test_a_task_without_likelihood_is_scored_by_rmse_only(tmp_path, seed):
     assert 0 < result.rmse < 10
     page = write_report([result], tmp_path).read_text()
     assert "| alfi † | 500 | – |" in page
+
+
+class FakeSbibmTask:
+    """sbibm's task interface (what `SbibmTask` calls), on a 1-D shift model
+    with three observations."""
+
+    num_observations = 3
+
+    def __init__(self):
+        self.prior_params = {"low": -torch.ones(1), "high": torch.ones(1)}
+
+    def get_simulator(self):
+        return lambda theta: theta + 0.1 * torch.randn_like(theta)
+
+    def get_true_parameters(self, num_observation):
+        return torch.tensor([[0.1 * num_observation]])
+
+    def get_observation(self, num_observation):
+        return torch.tensor([[0.1 * num_observation + 0.01]])
+
+    def get_reference_posterior_samples(self, num_observation):
+        return torch.full((10_000, 1), 0.1 * num_observation)
+
+
+def test_sbibm_tasks_give_sbibms_observations_and_references(monkeypatch):
+    import types
+
+    from sbi_alfi.benchmark import sbibm_task
+
+    fake = types.SimpleNamespace(get_task=lambda name: FakeSbibmTask())
+    monkeypatch.setitem(sys.modules, "sbibm", fake)
+    task = sbibm_task("shift")
+    assert task.name == "sbibm_shift" and task.has_reference
+    assert torch.equal(task.prior.base_dist.low, -torch.ones(1))
+    assert task.simulator(torch.zeros(5, 1)).shape == (5, 1)
+    for seed, index in [(0, 1), (1, 2), (5, 3)]:  # seed s: observation s % 3 + 1
+        theta_o, x_o = task.observation(seed)
+        assert theta_o.shape == (1,) and x_o.shape == (1,)
+        assert torch.allclose(theta_o, torch.tensor([0.1 * index]))
+        reference = task.reference(x_o, num_samples=500)
+        assert reference.shape == (500, 1)
+        assert torch.allclose(reference, torch.tensor(0.1 * index))
+    with pytest.raises(ValueError, match="none of sbibm's shift observations"):
+        task.reference(torch.tensor([5.0]))
+    with pytest.raises(ValueError, match="has 10000 reference draws, 20000 were"):
+        task.reference(x_o, num_samples=20_000)
+
+
+def test_sbibm_tasks_without_sbibm_say_how_to_install_it(monkeypatch, tmp_path):
+    monkeypatch.setitem(sys.modules, "sbibm", None)  # import sbibm fails
+    with pytest.raises(ImportError, match="make benchmark-install"):
+        make_task("sbibm_two_moons")
+    with pytest.raises(ImportError, match="make benchmark-install"):
+        run_benchmark(tmp_path, tasks=["sbibm_two_moons"], methods=["npe"])
+
+
+@pytest.mark.parametrize("name", SBIBM_TASKS)
+def test_sbibm_tasks_when_installed(name):
+    pytest.importorskip("sbibm")  # benchmark-only: `make benchmark-install`
+    task = make_task(name)
+    theta_o, x_o = task.observation(0)
+    assert task.simulator(task.prior.sample((3,))).shape == (3, *x_o.shape)
+    reference = task.reference(x_o, num_samples=1_000)
+    assert reference.shape == (1_000, *theta_o.shape)
+    assert torch.isfinite(task.prior.log_prob(reference)).all()  # in the prior

@@ -15,7 +15,7 @@ from sbi.utils.metrics import c2st
 from tqdm.auto import tqdm
 
 from .methods import METHODS, run_method
-from .tasks import TASKS, Task, make_task
+from .tasks import TASKS, Task, _sbibm_module, make_task
 
 __all__ = ["Result", "read_results", "run_benchmark"]
 
@@ -88,8 +88,10 @@ def run_benchmark(
 
     Arguments:
         output: The folder of `results.csv`.
-        tasks: Names in `TASKS`, or :class:`Task` objects (your own simulator;
-            without a likelihood or analytic posterior, C2ST is NaN).
+        tasks: Names in `TASKS` (those of `sbibm`, `sbibm_*`, need it
+            installed: `make benchmark-install`), or :class:`Task` objects (your
+            own simulator; without a likelihood or analytic posterior, C2ST is
+            NaN).
         methods: Names in `METHODS`.
         budgets: Simulation budgets.
         seeds: Seeds.
@@ -110,6 +112,8 @@ def run_benchmark(
         unknown = [item for item in given if item not in known]
         if unknown:
             raise ValueError(f"Unknown {name}s {unknown}; they are {sorted(known)}.")
+    if any(name.startswith("sbibm_") for name in tasks if name not in by_name):
+        _sbibm_module()  # a clear error before any run when sbibm is missing
     if any(budget < 1 for budget in budgets) or not seeds or num_samples < 10:
         raise ValueError(
             "Need budgets >= 1, at least one seed and `num_samples` >= 10, got "
@@ -136,7 +140,7 @@ def run_benchmark(
         theta_o, x_o = task.observation(seed)
         reference = None
         try:
-            if task.posterior is not None or task.log_likelihood is not None:
+            if task.has_reference:
                 with torch.random.fork_rng():
                     torch.manual_seed(seed)
                     reference = task.reference(x_o, num_samples, cache=cache)

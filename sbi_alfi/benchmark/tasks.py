@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from sbi.utils import BoxUniform
 from sbi.utils.sbiutils import within_support
 from torch import Tensor
 from torch.distributions import (
@@ -22,7 +23,7 @@ from ..samplers import importance_resample
 from ..simulators import SLCP, Gaussian, Poisson, Weinberg
 from ..simulators.base import Simulator
 
-__all__ = ["TASKS", "Task", "make_task"]
+__all__ = ["TASKS", "SbibmTask", "Task", "make_task", "sbibm_task"]
 
 
 @dataclass
@@ -77,6 +78,11 @@ class Task:
     def __post_init__(self):
         if self.point_simulator is None:
             self.point_simulator = self.simulator
+
+    @property
+    def has_reference(self) -> bool:
+        r"""Whether the task can give reference posterior draws."""
+        return self.posterior is not None or self.log_likelihood is not None
 
     def data_set(self, theta: Tensor) -> Tensor:
         r"""Observations at `theta` `(B, D)` as data sets, `(B, num_points,
@@ -265,12 +271,84 @@ def data_set_task(name: str, sim: Simulator, num_points: int) -> Task:
     )
 
 
+@dataclass
+class SbibmTask(Task):
+    r"""A task of `sbibm` (Lueckmann et al., 2021), the field's standard
+    benchmark: its prior, simulator, ten observations and their reference
+    posterior draws (10,000 each, shipped with `sbibm`). Seed `s` takes
+    observation `s mod 10 + 1`. `sbibm` declares stale pins (`sbi<0.22`), so it
+    is installed without its dependencies, for benchmarks only
+    (`make benchmark-install`).
+
+    References:
+        | Benchmarking Simulation-Based Inference
+        | (Lueckmann et al., 2021) https://arxiv.org/abs/2101.04653
+    """
+
+    sbibm_name: str = ""
+
+    @property
+    def has_reference(self) -> bool:
+        return True
+
+    def _index(self, seed: int) -> int:
+        return seed % self._sbibm.num_observations + 1
+
+    def observation(self, seed: int) -> tuple[Tensor, Tensor]:
+        index = self._index(seed)
+        theta = self._sbibm.get_true_parameters(num_observation=index)
+        return theta[0], self._sbibm.get_observation(num_observation=index)[0]
+
+    def reference(
+        self, x_o: Tensor, num_samples: int = 2_000, cache: Path | None = None
+    ) -> Tensor:
+        for index in range(1, self._sbibm.num_observations + 1):
+            if torch.equal(self._sbibm.get_observation(num_observation=index)[0], x_o):
+                draws = self._sbibm.get_reference_posterior_samples(index)
+                if num_samples > len(draws):
+                    raise ValueError(
+                        f"sbibm's {self.sbibm_name} has {len(draws)} reference draws, "
+                        f"{num_samples} were asked for."
+                    )
+                return draws[:num_samples]
+        raise ValueError(f"`x_o` is none of sbibm's {self.sbibm_name} observations.")
+
+    @property
+    def _sbibm(self):
+        return _sbibm_module().get_task(self.sbibm_name)
+
+
+def _sbibm_module():
+    try:
+        import sbibm
+    except ImportError as error:
+        raise ImportError(
+            "The sbibm tasks need sbibm, installed for benchmarks only: run "
+            "`make benchmark-install` (or `pip install --no-deps sbibm pandas`)."
+        ) from error
+    return sbibm
+
+
+def sbibm_task(name: str) -> SbibmTask:
+    r"""`sbibm`'s task `name` (e.g. `"two_moons"`) as the task `sbibm_<name>`,
+    with its box prior as `sbi`'s `BoxUniform`."""
+    task = _sbibm_module().get_task(name)
+    prior = BoxUniform(task.prior_params["low"], task.prior_params["high"])
+    simulator = task.get_simulator()
+    return SbibmTask(
+        f"sbibm_{name}", prior, lambda theta: simulator(theta), sbibm_name=name
+    )
+
+
 TASKS: dict[str, Callable[[], Task]] = {
     "gaussian_linear": gaussian_linear,
     "slcp": slcp,
     "weinberg": lambda: data_set_task("weinberg", Weinberg(), 20),
     "poisson": lambda: data_set_task("poisson", Poisson(), 20),
     "gaussian": lambda: data_set_task("gaussian", Gaussian(), 20),
+    "sbibm_two_moons": lambda: sbibm_task("two_moons"),
+    "sbibm_slcp": lambda: sbibm_task("slcp"),
+    "sbibm_gaussian_linear_uniform": lambda: sbibm_task("gaussian_linear_uniform"),
 }
 
 
