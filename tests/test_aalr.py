@@ -97,15 +97,20 @@ def prior_of(name: str):
 SETTINGS = {
     "hmc_vectorized": {"num_chains": 100, "warmup_steps": 200},
     "mh_vectorized": {"num_chains": 40, "warmup_steps": 300, "thin": 5},
-    # Pyro's HMC adapts each chain on its own, in Stan's windows: in 200 warmup
-    # steps a chain could end with a collapsed mass matrix (a coordinate's sd of
-    # 0.004 where the posterior's is 0.28), and one such chain in 4 was a quarter
-    # of the draws. 8 chains after 500 warmup steps cost the same as 4 x 1,000
-    # draws after 200, and scored C2ST 0.49-0.51 (0.49-0.58 before).
+    # Pyro's HMC runs a fixed number of leapfrog steps, without jitter. On a
+    # Gaussian target a trajectory near half a period (π posterior sds) maps a
+    # chain to its mirror image about the mean, and near a whole one back to
+    # where it was: with 5 steps of the adapted ~0.8 (4 sds), one chain in 8 at
+    # one seed in 20 moved a fifth of the posterior's sd per draw (its mass
+    # matrix a little off). Pyro's default length, 2π, is a whole period, and
+    # π/2 truncates to one step (bulk ESS ~500 of 2,000 draws). 2 steps (~1.7
+    # sds) decorrelate each transition (bulk ESS 1,400-2,000) and resonate only
+    # if the mass matrix is 3.4 times off. Pyro adapts each chain on its own, in Stan's
+    # windows: 8 chains after 500 warmup steps.
     "hmc_pyro": {
         "num_chains": 8,
         "warmup_steps": 500,
-        "kernel_kwargs": {"num_steps": 5},
+        "kernel_kwargs": {"num_steps": 2},
     },
     "nuts_pyro": {
         "num_chains": 4,
