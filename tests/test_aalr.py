@@ -441,7 +441,7 @@ def test_estimator_shapes_are_checked_against_the_prior_and_x():
 
 def test_aalr_learns_the_ratio_of_a_gaussian_model(figure):
     from sbi_alfi import AALR
-    from sbi_alfi.aalr import smooth_classifier
+    from sbi_alfi.aalr.inference import default_classifier
 
     prior = BoxUniform(-2 * torch.ones(2), 2 * torch.ones(2))
     theta = prior.sample((3_000,))
@@ -452,7 +452,7 @@ def test_aalr_learns_the_ratio_of_a_gaussian_model(figure):
     assert nn.SiLU in activations and nn.ReLU not in activations
     x_o = torch.tensor([0.5, -0.5])
     # Negative control: the same classifier, untrained.
-    untrained = smooth_classifier()(theta, x)
+    untrained = default_classifier()(theta, x)
     for name, net in [("", estimator), ("an untrained classifier", untrained)]:
         posterior = RatioMCMCPosterior(
             net, prior, num_chains=50, warmup_steps=200, show_progress_bars=False

@@ -1,7 +1,14 @@
 r"""AALR: likelihood-free MCMC with amortized approximate likelihood ratios
 (Hermans, Begy and Louppe, 2020)."""
 
-from .inference import AALR, smooth_classifier
+from .classifiers import RatioEnsemble, smooth_classifier
+from .inference import AALR
 from .posterior import METHODS, RatioMCMCPosterior
 
-__all__ = ["AALR", "METHODS", "RatioMCMCPosterior", "smooth_classifier"]
+__all__ = [
+    "AALR",
+    "METHODS",
+    "RatioEnsemble",
+    "RatioMCMCPosterior",
+    "smooth_classifier",
+]

@@ -1,71 +1,27 @@
-r"""AALR's trainer: `sbi`'s NRE_A with a numerically stable loss and a smooth
-classifier."""
+r"""AALR's trainer: `sbi`'s NRE_A with a numerically stable loss, a smooth
+classifier and, as options, ensembles and a balancing penalty."""
 
 from __future__ import annotations
 
-import itertools
 from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
 from sbi.inference import NRE_A
 from sbi.inference.posteriors.base_posterior import NeuralPosterior
-from sbi.neural_nets.ratio_estimators import RatioEstimator
-from sbi.utils.sbiutils import standardizing_net, z_score_parser
 from sbi.utils.torchutils import assert_all_finite
 from torch import Tensor, nn
 from torch.distributions import Distribution
 
+from .classifiers import RatioEnsemble, smooth_classifier
 from .posterior import METHODS, Method, RatioMCMCPosterior
 
-__all__ = ["AALR", "smooth_classifier"]
+__all__ = ["AALR"]
 
 
-def smooth_classifier(
-    hidden_features: int = 64,
-    num_layers: int = 3,
-    activation: type[nn.Module] = nn.SiLU,
-    z_score_theta: str | None = "independent",
-    z_score_x: str | None = "independent",
-    embedding_net_x: nn.Module | None = None,
-):
-    r"""A builder, in `sbi`'s `ConditionalEstimatorBuilder` protocol, of an MLP
-    ratio estimator with smooth activations (SiLU by default).
-
-    `sbi`'s own classifiers use ReLU, whose log-ratio has piecewise-constant
-    gradients in :math:`\theta`: HMC then integrates a jagged force field. A
-    smooth activation makes :math:`\nabla_\theta \log \hat r` continuous.
-
-    Returns:
-        A callable `(batch_theta, batch_x) -> RatioEstimator`, for `classifier=`.
-    """
-
-    def build(batch_theta: Tensor, batch_x: Tensor) -> RatioEstimator:
-        embedding_x = embedding_net_x if embedding_net_x is not None else nn.Identity()
-        theta_net: nn.Module = nn.Identity()
-        x_net: nn.Module = embedding_x
-        structured, enabled = z_score_parser(z_score_theta)
-        if enabled:
-            theta_net = standardizing_net(batch_theta, structured)
-        structured, enabled = z_score_parser(z_score_x)
-        if enabled:
-            x_net = nn.Sequential(standardizing_net(batch_x, structured), embedding_x)
-        with torch.no_grad():
-            x_features = x_net(batch_x[:2]).reshape(2, -1).shape[1]
-        sizes = [batch_theta.shape[1] + x_features] + [hidden_features] * num_layers
-        layers: list[nn.Module] = []
-        for a, b in itertools.pairwise(sizes):
-            layers += [nn.Linear(a, b), activation()]
-        layers.append(nn.Linear(sizes[-1], 1))
-        return RatioEstimator(
-            net=nn.Sequential(*layers),
-            theta_shape=batch_theta[0].shape,
-            x_shape=batch_x[0].shape,
-            embedding_net_theta=theta_net,
-            embedding_net_x=x_net,
-        )
-
-    return build
+def default_classifier():
+    r"""AALR's default classifier (see :func:`smooth_classifier`)."""
+    return smooth_classifier("mlp", hidden_features=64, num_layers=3)
 
 
 class AALR(NRE_A):
@@ -85,13 +41,27 @@ class AALR(NRE_A):
     classifier is :func:`smooth_classifier`, whose gradients HMC can follow.
     `build_posterior` returns a :class:`RatioMCMCPosterior`.
 
+    Two options for more reliable ratios: `ensemble_size` trains that many
+    classifiers (each on its own training/validation split) and averages them
+    in ratio space (:class:`RatioEnsemble`); `regularization_strength`
+    :math:`\lambda` adds the balancing penalty of BNRE (Delaunoy et al., 2022),
+    :math:`\lambda (\mathbb{E}_{p(x, \theta)}[d] + \mathbb{E}_{p(x)p(\theta)}[d]
+    - 1)^2`, which pushes the ratio towards conservative posteriors.
+
     References:
         | Likelihood-free MCMC with Amortized Approximate Ratio Estimators
         | (Hermans et al., 2020) https://arxiv.org/abs/1903.04057
 
+        | Towards Reliable Simulation-Based Inference with Balanced Neural Ratio
+        | Estimation (Delaunoy et al., 2022) https://arxiv.org/abs/2208.13624
+
     Arguments:
         prior: The prior.
-        classifier: `None` for :func:`smooth_classifier`, or any of `NRE_A`'s.
+        classifier: `None` for :func:`default_classifier`, one of
+            `sbi`'s names (`"resnet"`, `"mlp"`, `"linear"`), or a builder
+            `(batch_theta, batch_x) -> RatioEstimator`.
+        ensemble_size: The classifiers averaged in ratio space.
+        regularization_strength: BNRE's :math:`\lambda`; 0 for none.
         device: The training device.
         show_progress_bars: Whether to show progress bars.
         kwargs: Further arguments of `NRE_A`.
@@ -115,25 +85,53 @@ class AALR(NRE_A):
         self,
         prior: Distribution | None = None,
         classifier: Any = None,
+        ensemble_size: int = 1,
+        regularization_strength: float = 0.0,
         device: str = "cpu",
         show_progress_bars: bool = True,
         **kwargs: Any,
     ):
+        if ensemble_size < 1 or regularization_strength < 0:
+            raise ValueError(
+                "Need `ensemble_size` >= 1 and `regularization_strength` >= 0, got "
+                f"{ensemble_size} and {regularization_strength}."
+            )
         super().__init__(
             prior=prior,
-            classifier=smooth_classifier() if classifier is None else classifier,
+            classifier=default_classifier() if classifier is None else classifier,
             device=device,
             show_progress_bars=show_progress_bars,
             **kwargs,
         )
+        self.ensemble_size = ensemble_size
+        self.regularization_strength = regularization_strength
+
+    def train(self, *args: Any, **kwargs: Any) -> nn.Module:
+        r"""Trains the classifier, as `NRE_A.train` (same arguments); with
+        `ensemble_size` :math:`K > 1`, trains :math:`K` from scratch, each on
+        its own random training/validation split, and returns their
+        :class:`RatioEnsemble`."""
+        if self.ensemble_size == 1 and not isinstance(self._neural_net, RatioEnsemble):
+            return super().train(*args, **kwargs)
+        members = []
+        for _ in range(self.ensemble_size):
+            kwargs["retrain_from_scratch"] = True
+            members.append(super().train(*args, **kwargs))
+        self._neural_net = members[0] if len(members) == 1 else RatioEnsemble(members)
+        return self._neural_net
 
     def _loss(self, theta: Tensor, x: Tensor, num_atoms: int) -> Tensor:
         r"""Binary cross-entropy on the logits of alternating dependent (label 1)
-        and independent (label 0) pairs, as `NRE_A` pairs them."""
+        and independent (label 0) pairs, as `NRE_A` pairs them, plus BNRE's
+        balancing penalty when `regularization_strength` > 0."""
         logits = self._classifier_logits(theta, x, num_atoms).reshape(-1)
         labels = torch.ones_like(logits)
         labels[1::2] = 0.0
         loss = F.binary_cross_entropy_with_logits(logits, labels)
+        if self.regularization_strength > 0:
+            d = torch.sigmoid(logits)
+            balance = (d[0::2] + d[1::2] - 1).mean().square()
+            loss = loss + self.regularization_strength * balance
         assert_all_finite(loss, "AALR loss")
         return loss
 

@@ -36,6 +36,11 @@ INIT_STRATEGIES = {
 }
 # The default thinning of random-walk Metropolis-Hastings.
 MH_THIN = 20
+# How far out in the unconstrained space (in prior standard deviations for an
+# unbounded prior, `sbi`'s z-scoring) a NaN potential is a diverging trajectory's
+# overflow, not a broken estimator. (SLCP's exact likelihood overflows to NaN
+# from |θ| ~ 1e10 on; HMC chains under a Gaussian prior reached 1e21 there.)
+Z_FAR = 1e3
 
 
 class _Settings(NamedTuple):
@@ -72,7 +77,8 @@ class RatioMCMCPosterior(CheckedPosterior):
     divergences warns. A potential that is NaN (or :math:`+\infty`) inside the
     prior's support raises a :class:`ValueError` naming the chain and
     :math:`\theta`, whatever the method: it is a broken estimator, not a
-    rejection.
+    rejection. (Only a diverging trajectory's overflow, beyond `Z_FAR` in the
+    unconstrained space, counts as zero density.)
 
     The calls of `sbi`'s `MCMCPosterior` work as they are: `sample` and
     `sample_batched` take its per-call overrides (`method`, `num_chains`,
@@ -324,6 +330,12 @@ class RatioMCMCPosterior(CheckedPosterior):
                 potential = log_ratio + self.prior.log_prob(theta)
             value = potential - log_jacobian
             bad = torch.isnan(value) | torch.isposinf(value)
+            # Only a diverging trajectory goes Z_FAR prior sds out (or, for a
+            # bounded prior, to where the transform saturates at the bound),
+            # and any network overflows there: zero density, a rejection.
+            far = z.abs().amax(-1) > Z_FAR
+            value = torch.where(bad & far, -torch.inf, value)
+            bad = bad & ~far
             if bad.any():
                 i = int(bad.nonzero()[0, 0])
                 chain = f"chain {first + i}"
