@@ -473,6 +473,41 @@ def test_aalr_learns_the_ratio_of_a_gaussian_model(figure):
             figure.at_least("|sd ratio - 1|", sd_error, 0.6, planted=name)
 
 
+def test_the_factorized_route_learns_one_points_ratio(figure):
+    from sbi_alfi import AALR
+    from sbi_alfi.aalr.inference import default_classifier
+
+    # Data sets of n = 10 points x_i ~ N(theta, 1): the ratio of one point is
+    # learned from the 10 (theta, x_i) pairs of each data set, and the
+    # posterior of a data set sums the 10 log-ratios.
+    prior = BoxUniform(-3 * torch.ones(1), 3 * torch.ones(1))
+    theta = prior.sample((500,))
+    x = theta[:, None] + torch.randn(500, 10, 1)
+    inference = AALR(prior, show_progress_bars=False)
+    inference.append_simulations(theta, x, iid=True)
+    assert inference.get_simulations()[1].shape == (5_000, 1)
+    estimator = inference.train(max_num_epochs=30)
+    x_o = 0.7 + torch.randn(10, 1)
+    exact_mean, exact_sd = x_o.mean(), 10**-0.5  # N(mean x_o, 1/n), uncut
+    untrained = default_classifier()(theta, x[:, 0])
+    for name, net in [("", estimator), ("an untrained classifier", untrained)]:
+        posterior = RatioMCMCPosterior(
+            net, prior, num_chains=50, warmup_steps=200, show_progress_bars=False
+        )
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            samples = posterior.sample((2_000,), x=x_o)
+        error = (samples.mean() - exact_mean).abs() / exact_sd
+        sd_error = (samples.std() / exact_sd - 1).abs()
+        if not name:
+            figure.at_most("|mean error| / sd", error, 0.33)
+            figure.at_most("|sd ratio - 1|", sd_error, 0.25)
+        else:
+            figure.at_least("|sd ratio - 1|", sd_error, 0.25, planted=name)
+    with pytest.raises(ValueError, match=r"one data set per theta, of shape \(500"):
+        AALR(prior).append_simulations(theta, x[:, 0, 0], iid=True)
+
+
 def test_aalr_needs_training_first():
     from sbi_alfi import AALR
 

@@ -106,6 +106,34 @@ class AALR(NRE_A):
         self.ensemble_size = ensemble_size
         self.regularization_strength = regularization_strength
 
+    def append_simulations(
+        self, theta: Tensor, x: Tensor, *args: Any, iid: bool = False, **kwargs: Any
+    ) -> AALR:
+        r"""Stores simulations, as `NRE_A.append_simulations` (same arguments).
+
+        With `iid=True`, each simulation is a data set of :math:`n` points
+        drawn i.i.d. given its :math:`\theta`, `x` of shape
+        `(B, n, *point_shape)`, and the classifier learns the ratio of one point,
+        :math:`\hat r(x_i \mid \theta)`, from the :math:`B n` pairs
+        :math:`(\theta, x_i)`: the factorized route. The posterior of a data
+        set `x_o` of shape `(n, *point_shape)` then sums the :math:`n`
+        log-ratios, as :class:`RatioMCMCPosterior` does for any `x` with several
+        rows, whatever :math:`n` is.
+        """
+        if iid:
+            theta, x = torch.as_tensor(theta), torch.as_tensor(x)
+            if x.dim() < 2 or len(x) != len(theta):
+                raise ValueError(
+                    "With `iid=True`, `x` must hold one data set per theta, of shape "
+                    f"({len(theta)}, n, *point_shape), got {tuple(x.shape)}."
+                )
+            theta = theta.repeat_interleave(x.shape[1], dim=0)
+            x = x.reshape(-1, *x.shape[2:])
+            if x.dim() == 1:
+                x = x[:, None]  # scalar points, as sbi's (n, 1)
+        super().append_simulations(theta, x, *args, **kwargs)
+        return self
+
     def train(self, *args: Any, **kwargs: Any) -> nn.Module:
         r"""Trains the classifier, as `NRE_A.train` (same arguments); with
         `ensemble_size` :math:`K > 1`, trains :math:`K` from scratch, each on

@@ -112,13 +112,13 @@ def run_benchmark(
         unknown = [item for item in given if item not in known]
         if unknown:
             raise ValueError(f"Unknown {name}s {unknown}; they are {sorted(known)}.")
-    if any(name.startswith("sbibm_") for name in tasks if name not in by_name):
-        _sbibm_module()  # a clear error before any run when sbibm is missing
     if any(budget < 1 for budget in budgets) or not seeds or num_samples < 10:
         raise ValueError(
             "Need budgets >= 1, at least one seed and `num_samples` >= 10, got "
             f"{list(budgets)}, {list(seeds)} and {num_samples}."
         )
+    if any(name.startswith("sbibm_") for name in tasks if name not in by_name):
+        _sbibm_module()  # a clear error before any run when sbibm is missing
     output = Path(output)
     output.mkdir(parents=True, exist_ok=True)
     cache = output / "references" if cache is None else Path(cache)
