@@ -146,6 +146,24 @@ def test_every_method_learns_something_on_a_small_budget(method, seed, figure):
         run_method("abc", task, 10, x_o)
 
 
+def test_the_factorized_route_trains_on_every_point(seed):
+    from sbi_alfi.benchmark.methods import _trained_ratio
+
+    task = make_task("poisson")  # a data set of 20 points per observation
+    _, x_o = task.observation(seed=seed)
+    run = run_method(
+        "aalr_iid_hmc_vectorized", task, 50, x_o, num_samples=100, seed=seed
+    )
+    assert run.samples.shape == (100, 1) and run.num_simulations == 50
+    ((inference, _),) = [
+        trained for key, trained in _trained_ratio.items() if key[0] == "poisson"
+    ]
+    theta, x = inference.get_simulations()[:2]
+    # one (theta, point) pair per point, each data set's theta repeated
+    assert x.shape == (50 * 20, 1)
+    assert torch.equal(theta[:20], theta[:1].expand(20, 1))
+
+
 def test_alfi_spends_its_budget_and_counts_every_simulation(seed):
     task = make_task("poisson")  # a data set of 20 points per observation
     _, x_o = task.observation(seed=seed)
