@@ -439,6 +439,16 @@ def test_estimator_shapes_are_checked_against_the_prior_and_x():
 # The AALR trainer
 
 
+def learned_draws(net, prior, x_o):
+    """2,000 draws of the posterior of a learned ratio, with the tests' chains."""
+    posterior = RatioMCMCPosterior(
+        net, prior, num_chains=50, warmup_steps=200, show_progress_bars=False
+    )
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return posterior.sample((2_000,), x=x_o)
+
+
 def test_aalr_learns_the_ratio_of_a_gaussian_model(figure):
     from sbi_alfi import AALR
     from sbi_alfi.aalr.inference import default_classifier
@@ -454,12 +464,7 @@ def test_aalr_learns_the_ratio_of_a_gaussian_model(figure):
     # Negative control: the same classifier, untrained.
     untrained = default_classifier()(theta, x)
     for name, net in [("", estimator), ("an untrained classifier", untrained)]:
-        posterior = RatioMCMCPosterior(
-            net, prior, num_chains=50, warmup_steps=200, show_progress_bars=False
-        )
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            samples = posterior.sample((2_000,), x=x_o)
+        samples = learned_draws(net, prior, x_o)
         # The exact posterior is N(x_o, 0.3^2 I), barely cut by the box.
         error = (samples.mean(0) - x_o).abs().max() / 0.3
         sd_error = (samples.std(0) / 0.3 - 1).abs().max()
@@ -494,12 +499,7 @@ def test_the_factorized_route_learns_one_points_ratio(figure):
     exact_mean, exact_sd = x_o.mean(), 10**-0.5  # N(mean x_o, 1/n), uncut
     untrained = default_classifier()(theta, x[:, 0])
     for name, net in [("", estimator), ("an untrained classifier", untrained)]:
-        posterior = RatioMCMCPosterior(
-            net, prior, num_chains=50, warmup_steps=200, show_progress_bars=False
-        )
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            samples = posterior.sample((2_000,), x=x_o)
+        samples = learned_draws(net, prior, x_o)
         error = (samples.mean() - exact_mean).abs() / exact_sd
         sd_error = (samples.std() / exact_sd - 1).abs()
         if not name:
