@@ -66,6 +66,10 @@ CANDIDATES = {
     # the former default, named here so that the row stays what it says
     "aalr_mlp_silu": _aalr(lambda: smooth_classifier("mlp", 64, num_layers=3)),
     "aalr_resnet_silu": _aalr(),
+    "aalr_resnet_elu": _aalr(lambda: smooth_classifier(activation="elu")),
+    "aalr_resnet_gelu": _aalr(lambda: smooth_classifier(activation="gelu")),
+    "aalr_resnet_silu_wide": _aalr(lambda: smooth_classifier(hidden_features=128)),
+    "aalr_resnet_relu_ensemble3": _aalr(lambda: "resnet", ensemble_size=3),
     "aalr_resnet_silu_bnre": _aalr(regularization_strength=100.0),
     "aalr_resnet_silu_ensemble3": _aalr(ensemble_size=3),
     "aalr_resnet_silu_iid": _aalr(iid=True),

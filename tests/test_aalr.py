@@ -668,6 +668,49 @@ def test_to_an_absent_device_says_so():
         posterior.to("cuda")
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
+@pytest.mark.parametrize("method", ["hmc_vectorized", "mh_vectorized"])
+def test_cuda_samples_the_exact_posterior(method, figure):
+    box = 2.5 * torch.ones(2, device="cuda")
+    posterior = RatioMCMCPosterior(
+        ExactRatio(),
+        BoxUniform(-box, box, device="cuda"),
+        method=method,
+        device="cuda",
+        show_progress_bars=False,
+        **SETTINGS[method],
+    )
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        samples = posterior.sample((2_000,), x=X_O.cuda())
+    assert samples.device.type == "cuda" and posterior.chains.device.type == "cuda"
+    check_draws(figure, samples.cpu(), "box", 0.55, 0.15, 0.12)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
+def test_aalr_trains_and_samples_on_cuda():
+    from sbi_alfi import AALR
+
+    prior = BoxUniform(-2 * torch.ones(2), 2 * torch.ones(2), device="cuda")
+    theta = prior.sample((1_000,))
+    x = theta + 0.3 * torch.randn_like(theta)
+    inference = AALR(prior, device="cuda", show_progress_bars=False)
+    estimator = inference.append_simulations(theta, x).train(max_num_epochs=5)
+    assert next(estimator.parameters()).device.type == "cuda"
+    posterior = inference.build_posterior(
+        mcmc_parameters={"num_chains": 10, "warmup_steps": 20}
+    )
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        draws = posterior.sample_batched((20,), x[:3])
+        assert draws.shape == (20, 3, 2) and draws.device.type == "cuda"
+        # A CPU posterior moved to the GPU, as sbi's `.to`.
+        cpu = RatioMCMCPosterior(ExactRatio(), prior_of("box"), num_chains=10)
+        cpu.to("cuda")
+        draws = cpu.sample((20,), x=X_O.cuda(), warmup_steps=20)
+        assert draws.device.type == "cuda"
+
+
 class NaNRatio(ExactRatio):
     """The exact log-ratio, NaN where theta_1 > 1.0 (inside the prior's box): the
     posterior's mass at (2.3, -0.9) lies there."""
