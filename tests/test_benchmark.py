@@ -92,6 +92,21 @@ def test_narrow_posterior_gets_adaptive_defensive_passes(monkeypatch, seed, figu
     check_reference(figure, draws, analytic)
 
 
+def test_a_kernel_density_of_fewer_distinct_centres_than_dimensions():
+    # A first pass of tiny ESS resamples a handful of distinct points: in 10-D,
+    # 10 centres of 3 distinct values have a singular covariance.
+    from sbi.utils import BoxUniform
+
+    from sbi_alfi.benchmark.tasks import _Defensive
+
+    prior = BoxUniform(-torch.ones(10), torch.ones(10))
+    centres = prior.sample((3,))[torch.tensor([0, 0, 0, 1, 1, 1, 2, 2, 2, 2])]
+    proposal = _Defensive(centres, prior)
+    theta = proposal.sample((1_000,))
+    assert theta.shape == (1_000, 10)
+    assert proposal.log_prob(theta).isfinite().all()
+
+
 def test_poisson_reference_matches_the_posterior_on_a_grid(seed, figure):
     task = make_task("poisson")
     _, x_o = task.observation(seed=seed + 1)

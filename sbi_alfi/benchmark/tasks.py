@@ -193,7 +193,15 @@ class _Defensive:
         n, d = centres.shape
         bandwidth = n ** (-1 / (d + 4))
         covariance = bandwidth**2 * torch.cov(centres.T).reshape(d, d)
-        self.scale_tril = torch.linalg.cholesky(covariance + 1e-9 * torch.eye(d))
+        scale_tril, info = torch.linalg.cholesky_ex(covariance + 1e-9 * torch.eye(d))
+        if info != 0:
+            # Fewer distinct centres than dimensions (a first pass of tiny ESS
+            # resamples a handful of points): a floor of the prior's spread per
+            # dimension keeps every kernel a density.
+            spread = torch.cov(prior.sample((1_000,)).T).reshape(d, d).diagonal()
+            floor = torch.diag(1e-4 * spread + 1e-9)
+            scale_tril = torch.linalg.cholesky(covariance + floor)
+        self.scale_tril = scale_tril
         self.centres = centres
         # torch's mixture for the density; its `sample` would draw every kernel
         # for every point, so `sample` below picks one kernel per point instead.
