@@ -303,6 +303,8 @@ def test_a_task_without_likelihood_is_scored_by_rmse_only(tmp_path, seed):
     assert 0 < result.rmse < 10
     page = write_report([result], tmp_path).read_text()
     assert "| alfi † | 500 | – |" in page
+    notes = "The classifier was chosen on benchmarks/results/classifiers."
+    assert notes in write_report([result], tmp_path, notes=notes).read_text()
 
 
 class FakeSbibmTask:

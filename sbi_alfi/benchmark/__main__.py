@@ -19,6 +19,7 @@ import shlex
 import sys
 import warnings
 from collections.abc import Sequence
+from pathlib import Path
 
 from .methods import METHODS
 from .report import write_report
@@ -76,6 +77,11 @@ def parse(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--quiet", action="store_true", help="no progress bar and no warnings"
     )
+    parser.add_argument(
+        "--notes",
+        default=None,
+        help="a Markdown file whose text the page shows under the command",
+    )
     return parser.parse_args(argv)
 
 
@@ -99,6 +105,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         results,
         args.output,
         command=shlex.join(["python", "-m", "sbi_alfi.benchmark", *argv]),
+        notes=None if args.notes is None else Path(args.notes).read_text(),
     )
     print(f"Wrote {page} and the results and plots beside it.")
 

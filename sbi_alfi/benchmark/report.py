@@ -86,6 +86,7 @@ def write_report(
     results: Sequence[Result],
     output: str | Path,
     command: str | None = None,
+    notes: str | None = None,
 ) -> Path:
     r"""Writes `RESULTS.md`, `c2st.png`, `rmse.png` and `seconds.png` to
     `output` and returns the page's path.
@@ -94,6 +95,7 @@ def write_report(
         results: The benchmark's results.
         output: The folder.
         command: The command that produced them, quoted on the page.
+        notes: Markdown shown under the command (how the run was set up).
     """
     if not results:
         raise ValueError("There are no results to report.")
@@ -111,6 +113,8 @@ def write_report(
         f"on {machine()}. Training and sampling took {busy / 60:.0f} min in all; "
         "simulating and scoring add to that."
     ]
+    if notes:
+        lines += ["", notes.strip()]
     lines += [
         "",
         f"{len(tasks)} tasks × {len(methods)} methods × {len(budgets)} budgets × "
