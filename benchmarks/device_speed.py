@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import json
 import platform
+import subprocess
 import time
 import warnings
 from pathlib import Path
@@ -139,14 +140,15 @@ def write_page(rows: list[dict], output: Path) -> Path:
         "(see the script's docstring for what each row times). Each row names the "
         "machine it ran on; a run appends its rows.",
         "",
-        "| device | what | seconds | draws/s | worst R-hat |",
-        "| --- | --- | --- | --- | --- |",
+        "| device | commit | what | seconds | draws/s | worst R-hat |",
+        "| --- | --- | --- | --- | --- | --- |",
     ]
     for r in rows:
         rate = f"{r['draws_per_second']:,.0f}" if "draws_per_second" in r else ""
         r_hat = f"{r['r_hat']:.3f}" if "r_hat" in r else ""
         lines.append(
-            f"| {r['device']} | {r['what']} | {r['seconds']:.2f} | {rate} | {r_hat} |"
+            f"| {r['device']} | {r.get('commit', '?')} | {r['what']} | "
+            f"{r['seconds']:.2f} | {rate} | {r_hat} |"
         )
     page = output / "README.md"
     page.write_text("\n".join(lines) + "\n")
@@ -162,10 +164,14 @@ def main() -> None:
     warnings.simplefilter("ignore")
     args.output.mkdir(parents=True, exist_ok=True)
     label = f"{args.device}: {where(args.device)}, torch {torch.__version__}"
+    # The code measured: AALR's default classifier, the samplers, ALFI change.
+    commit = subprocess.run(
+        ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True
+    ).stdout.strip()
     path = args.output / "rows.jsonl"
     for rows in (aalr_rows, alfi_rows):
         for row in rows(args.device, args.quick):
-            row["device"] = label
+            row["device"], row["commit"] = label, commit or "?"
             print(row, flush=True)
             with path.open("a") as file:
                 file.write(json.dumps(row) + "\n")
