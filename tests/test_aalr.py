@@ -491,8 +491,11 @@ def test_the_factorized_route_learns_one_points_ratio(figure):
     # posterior of a data set sums the 10 log-ratios.
     prior = BoxUniform(-3 * torch.ones(1), 3 * torch.ones(1))
     # The posterior sums 10 learned log-ratios, so a bias of one point's ratio
-    # counts 10 times: from 500 data sets, training noise alone moved the mean
-    # by up to 0.56 posterior sds (3 seeds in 10); from 1,000, by up to 0.16.
+    # counts 10 times. The classifier's loss barely constrains a term of the
+    # logit in theta alone (it shifts both classes' pairs alike), and its slope,
+    # times 10, moves the posterior's mean: with the default classifier, by up
+    # to 0.56 posterior sds from 500 data sets (3 seeds in 10) and by up to 0.54
+    # from 1,000 (median 0.13, 8 seeds); the former SiLU MLP, by up to 0.30.
     theta = prior.sample((1_000,))
     x = theta[:, None] + torch.randn(1_000, 10, 1)
     inference = AALR(prior, show_progress_bars=False)
@@ -507,8 +510,10 @@ def test_the_factorized_route_learns_one_points_ratio(figure):
         error = (samples.mean() - exact_mean).abs() / exact_sd
         sd_error = (samples.std() / exact_sd - 1).abs()
         if not name:
-            figure.at_most("|mean error| / sd", error, 0.33)
+            figure.at_most("|mean error| / sd", error, 0.8)
             figure.at_most("|sd ratio - 1|", sd_error, 0.25)
+            shifted = (samples.mean() + 2 * exact_sd - exact_mean).abs() / exact_sd
+            figure.at_least("|mean error| / sd", shifted, 0.8, "draws shifted 2 sds")
         else:
             figure.at_least("|sd ratio - 1|", sd_error, 0.25, planted=name)
     with pytest.raises(ValueError, match=r"one data set per theta, of shape \(500"):
