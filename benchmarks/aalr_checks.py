@@ -19,7 +19,9 @@ Three checks, each with AALR's defaults (`AALR(prior)`, `build_posterior()`) and
   reported is the posterior standard deviation over the prior's (well below 1
   is learning) and the error of the posterior mean to the true θ.
 
-Writes `results.csv`, `README.md` and `coverage.png` to DIR.
+`seconds` counts from the start of training: training, then the sampling of
+each observation in turn. Writes `results.csv`, `README.md` and `coverage.png`
+to DIR.
 """
 
 from __future__ import annotations
