@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import functools
 import math
 import time
 import warnings
@@ -32,6 +33,7 @@ from pathlib import Path
 
 import torch
 from sbi.inference import NRE_A
+from sbi.neural_nets import classifier_nn
 from sbi.utils.metrics import c2st
 
 from sbi_alfi import AALR, RatioMCMCPosterior
@@ -54,11 +56,22 @@ TASKS = [
 FIELDS = ["task", "budget", "seed", "candidate", "c2st", "train_seconds", "epochs"]
 
 
-def _aalr(classifier=smooth_classifier, iid: bool = False, **kwargs):
-    r"""An AALR candidate: its trainer, and whether it trains on single points."""
+def _aalr(
+    classifier=smooth_classifier,
+    iid: bool = False,
+    train_kwargs: dict | None = None,
+    **kwargs,
+):
+    r"""An AALR candidate: its trainer (`train()` with `train_kwargs`), and
+    whether it trains on single points."""
 
     def trainer(prior):
-        return AALR(prior, classifier=classifier(), show_progress_bars=False, **kwargs)
+        inference = AALR(
+            prior, classifier=classifier(), show_progress_bars=False, **kwargs
+        )
+        if train_kwargs:
+            inference.train = functools.partial(inference.train, **train_kwargs)
+        return inference
 
     return trainer, iid
 
@@ -72,7 +85,19 @@ CANDIDATES = {
     "aalr_resnet_elu": _aalr(lambda: smooth_classifier(activation="elu")),
     "aalr_resnet_gelu": _aalr(lambda: smooth_classifier(activation="gelu")),
     "aalr_resnet_silu_wide": _aalr(lambda: smooth_classifier(hidden_features=128)),
+    # sbi's learning rate is 5e-4
+    "aalr_resnet_silu_wide_lr1e-3": _aalr(
+        lambda: smooth_classifier(hidden_features=128),
+        train_kwargs={"learning_rate": 1e-3},
+    ),
+    "aalr_resnet_silu_wide_lr2e-3": _aalr(
+        lambda: smooth_classifier(hidden_features=128),
+        train_kwargs={"learning_rate": 2e-3},
+    ),
     "aalr_resnet_relu_ensemble3": _aalr(lambda: "resnet", ensemble_size=3),
+    "aalr_resnet_relu_wide": _aalr(
+        lambda: classifier_nn("resnet", hidden_features=128)
+    ),
     "aalr_resnet_silu_bnre": _aalr(regularization_strength=100.0),
     "aalr_resnet_silu_ensemble3": _aalr(ensemble_size=3),
     "aalr_resnet_silu_iid": _aalr(iid=True),
