@@ -43,16 +43,17 @@ def smooth_classifier(
     HMC follows :math:`\nabla_\theta \log \hat r(x \mid \theta)`. `sbi`'s
     classifiers use ReLU, whose log-ratio is piecewise linear in
     :math:`\theta`: its gradient is piecewise constant and jumps, so a
-    leapfrog trajectory integrates a jagged force field and its energy error
-    grows. A smooth activation (SiLU, ELU, GELU) makes the gradient continuous.
-    What HMC needs of a classifier is that, and nothing else: any `sbi`
-    classifier works, with more rejections where its gradient jumps.
+    leapfrog trajectory integrates a jagged force field. A smooth activation
+    (SiLU, ELU, GELU) makes the gradient continuous. Measured on the benchmark
+    (`benchmarks/results/classifiers`), that was not worth its price: smooth
+    networks learned small budgets and sharp likelihoods worse than ReLU ones,
+    and HMC on a ReLU network matched `sbi`'s slice sampler on it, so AALR's
+    default is ReLU (:func:`~sbi_alfi.aalr.inference.default_classifier`).
+    These are for a user whose HMC rejects many proposals on a ReLU network.
 
     `"resnet"` is `sbi`'s residual classifier (nflows' `ResidualNet`, the
     default of `NRE_A`) with the activation made smooth; `"mlp"` a plain
-    multi-layer perceptron (measured on the benchmark, it learns far more slowly
-    at `sbi`'s learning rate: see `benchmarks/results/classifiers`). Inputs are
-    z-scored, as in `sbi`.
+    multi-layer perceptron. Inputs are z-scored, as in `sbi`.
 
     Arguments:
         model: `"resnet"` or `"mlp"`.
