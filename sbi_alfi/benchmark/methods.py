@@ -56,11 +56,14 @@ _trained_ratio: dict[tuple, tuple] = {}
 _KEPT_RATIOS = 8
 
 
-def _aalr(method: str, iid: bool = False, **posterior_kwargs) -> Callable:
-    r"""AALR with its default classifier and `method`; with `iid`, on a data-set
-    task (:attr:`Task.num_points` > 1), the factorized route: the ratio of one
-    point, learned from every point of the simulated data sets, summed over the
-    points of `x_o`. On a task of one point, both routes are the same."""
+def _aalr(
+    method: str, iid: bool = False, classifier: str | None = None, **posterior_kwargs
+) -> Callable:
+    r"""AALR with `classifier` (its default when `None`) and `method`; with
+    `iid`, on a data-set task (:attr:`Task.num_points` > 1), the factorized
+    route: the ratio of one point, learned from every point of the simulated
+    data sets, summed over the points of `x_o`. On a task of one point, both
+    routes are the same."""
 
     def run(task: Task, num_simulations: int, x_o: Tensor, num_samples: int):
         theta, x = _simulate(task, num_simulations)
@@ -73,9 +76,11 @@ def _aalr(method: str, iid: bool = False, **posterior_kwargs) -> Callable:
         else:
             x_o = x_o[None]
         digest = hashlib.sha1(x.cpu().numpy().tobytes()).hexdigest()
-        key = (task.name, digest, factorized)
+        key = (task.name, digest, factorized, classifier)
         if key not in _trained_ratio:
-            inference = AALR(task.prior, show_progress_bars=False)
+            inference = AALR(
+                task.prior, classifier=classifier, show_progress_bars=False
+            )
             start = time.perf_counter()
             inference.append_simulations(theta, x, iid=factorized).train()
             if len(_trained_ratio) >= _KEPT_RATIOS:
@@ -173,6 +178,9 @@ METHODS: dict[str, Callable] = {
     "aalr_mh_vectorized": _aalr("mh_vectorized"),
     # The factorized route on the data-set tasks (gaussian, poisson, weinberg).
     "aalr_iid_hmc_vectorized": _aalr("hmc_vectorized", iid=True),
+    # AALR's HMC on sbi's default classifier (NRE_A's ReLU network, 50 wide):
+    # the sampler against nre_a_slice on the same network.
+    "aalr_relu_hmc_vectorized": _aalr("hmc_vectorized", classifier="resnet"),
     # Pyro runs its chains one after another: 4 chains, as Pyro's examples do.
     "aalr_nuts_pyro": _aalr("nuts_pyro", num_chains=4),
     "aalr_hmc_pyro": _aalr("hmc_pyro", num_chains=4),
