@@ -8,6 +8,7 @@ import time
 from collections.abc import Callable
 from typing import NamedTuple
 
+import numpy as np
 import torch
 from sbi.inference import NLE, NPE, NRE_A
 from torch import Tensor
@@ -216,11 +217,19 @@ def run_method(
     """
     if method not in METHODS:
         raise ValueError(f"Unknown method {method!r}; the methods are {list(METHODS)}.")
-    with torch.random.fork_rng():
-        torch.manual_seed(seed)
-        samples, estimate, used, train, sample = METHODS[method](
-            task, num_simulations, x_o, num_samples
-        )
+    # NumPy's global generator too: sbi's vectorized slice sampler draws from it
+    # (np.random itself), and unseeded it carried the history of earlier runs in
+    # the process (the same run's C2ST moved by 0.01).
+    numpy_state = np.random.get_state()  # noqa: NPY002
+    try:
+        with torch.random.fork_rng():
+            torch.manual_seed(seed)
+            np.random.seed(seed)  # noqa: NPY002
+            samples, estimate, used, train, sample = METHODS[method](
+                task, num_simulations, x_o, num_samples
+            )
+    finally:
+        np.random.set_state(numpy_state)  # noqa: NPY002
     return Run(
         samples.detach().reshape(num_samples, -1),
         estimate.detach().reshape(-1),
