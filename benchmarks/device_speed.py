@@ -160,14 +160,20 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--output", type=Path, default=RESULTS)
     parser.add_argument("--quick", action="store_true", help="a smoke run")
+    parser.add_argument("--commit", help="the commit measured (default: git's HEAD)")
     args = parser.parse_args()
     warnings.simplefilter("ignore")
     args.output.mkdir(parents=True, exist_ok=True)
     label = f"{args.device}: {where(args.device)}, torch {torch.__version__}"
     # The code measured: AALR's default classifier, the samplers, ALFI change.
-    commit = subprocess.run(
-        ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True
-    ).stdout.strip()
+    # A copy of the tree sent to another machine may carry a stale .git: pass
+    # --commit there.
+    commit = (
+        args.commit
+        or subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True
+        ).stdout.strip()
+    )
     path = args.output / "rows.jsonl"
     for rows in (aalr_rows, alfi_rows):
         for row in rows(args.device, args.quick):
