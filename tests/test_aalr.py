@@ -500,6 +500,7 @@ def test_the_factorized_route_learns_one_points_ratio(figure):
     estimator = inference.train(max_num_epochs=100)
     x_o = 0.7 + torch.randn(10, 1)
     exact_mean, exact_sd = x_o.mean(), 10**-0.5  # N(mean x_o, 1/n), uncut
+
     # Negative control: a ratio that learned nothing (constant), whose posterior
     # is the prior. (An untrained network's random sum of 10 log-ratios came
     # within 16% of the exact width at one seed in 9.)
