@@ -3,7 +3,7 @@
     python benchmarks/aalr_vs_nre.py [--seeds 3] [--observations 3] [--output DIR]
 
 θ ~ N(0, I_5), x | θ ~ N(θ, 0.5² I_5); the posterior is Gaussian in closed form.
-For each seed: 10,000 simulations; AALR (its defaults: SiLU classifier, BCE on
+For each seed: 10,000 simulations; AALR (its defaults: its classifier, BCE on
 logits, RatioMCMCPosterior with hmc_vectorized) and sbi's NRE_A (its defaults,
 MCMCPosterior with slice_np_vectorized) trained on the same simulations; for
 each of a few observations x_o from the prior predictive, 2,000 draws of each

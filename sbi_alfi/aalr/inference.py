@@ -24,7 +24,7 @@ def default_classifier():
     r"""AALR's default classifier: `sbi`'s residual classifier (that of `NRE_A`,
     ReLU, z-scored inputs) with 128 hidden features instead of 50.
 
-    Chosen on `benchmarks/results/classifiers`: 6 tasks (`sbibm`'s among them)
+    Chosen on `benchmarks/results/classifiers`: 7 tasks (`sbibm`'s among them)
     at 1,000 and 10,000 simulations, the same simulations for every candidate,
     each network's own posterior drawn exactly, so that the ratio's error is
     measured apart from the sampler's. Over 12 task-budget-seed cells its mean
