@@ -409,3 +409,37 @@ def test_sbibm_tasks_when_installed(name):
     reference = task.reference(x_o, num_samples=1_000)
     assert reference.shape == (1_000, *theta_o.shape)
     assert torch.isfinite(task.prior.log_prob(reference)).all()  # in the prior
+
+
+def test_the_page_pairs_each_method_with_the_baseline_seed_by_seed(tmp_path):
+    from sbi_alfi.benchmark.report import paired
+    from sbi_alfi.benchmark.run import Result
+
+    def result(method, seed, c2st, task="gaussian", budget=1_000):
+        return Result(task, method, budget, seed, budget, c2st, 0.1, 0.1, 1.0, 1.0)
+
+    # Differences 0.02, 0.04, 0.03: mean 0.03, standard error 0.01/sqrt(3).
+    results = [result("nre_a_slice", s, c) for s, c in enumerate([0.6, 0.7, 0.8])]
+    results += [
+        result("aalr_mh_vectorized", s, c) for s, c in enumerate([0.62, 0.74, 0.83])
+    ]
+    # A cell of one common seed (seed 5 has no baseline run) and one behind by
+    # less than the margin.
+    results += [
+        result("nre_a_slice", 0, 0.70, budget=10_000),
+        result("aalr_mh_vectorized", 0, 0.706, budget=10_000),
+        result("aalr_mh_vectorized", 5, 0.99, budget=10_000),
+    ]
+    cells = paired(results, "aalr_mh_vectorized", "nre_a_slice")
+    assert [(c.budget, c.seeds) for c in cells] == [(1_000, 3), (10_000, 1)]
+    assert math.isclose(cells[0].difference, 0.03, abs_tol=1e-9)
+    assert math.isclose(cells[0].standard_error, 0.01 / math.sqrt(3), rel_tol=1e-6)
+    assert math.isclose(cells[1].difference, 0.006, abs_tol=1e-9)
+    assert math.isnan(cells[1].standard_error)
+    page = write_report(results, tmp_path).read_text()
+    # Behind by 0.03 > 0.01 in one cell, and by more than 2 standard errors.
+    assert (
+        "| aalr_mh_vectorized | 2 | +0.018 | 0 | 0 | 1: gaussian @ 1,000 | 1 |" in page
+    )
+    assert "| gaussian | 1,000 | 3 | +0.030 | 0.006 |" in page
+    assert "## Against" not in write_report(results[3:6], tmp_path).read_text()

@@ -9,6 +9,7 @@ import platform
 from collections import defaultdict
 from collections.abc import Sequence
 from pathlib import Path
+from typing import NamedTuple
 
 import matplotlib
 import sbi
@@ -18,7 +19,7 @@ from matplotlib.figure import Figure
 from .methods import METHODS
 from .run import Result
 
-__all__ = ["machine", "write_report"]
+__all__ = ["Paired", "machine", "paired", "write_report"]
 
 #: How each method's output is labelled. ALFI's is not a posterior.
 LABELS = {"alfi": "alfi †"}
@@ -87,6 +88,8 @@ def write_report(
     output: str | Path,
     command: str | None = None,
     notes: str | None = None,
+    baseline: str | None = "nre_a_slice",
+    margin: float = 0.01,
 ) -> Path:
     r"""Writes `RESULTS.md`, `c2st.png`, `rmse.png` and `seconds.png` to
     `output` and returns the page's path.
@@ -96,6 +99,9 @@ def write_report(
         output: The folder.
         command: The command that produced them, quoted on the page.
         notes: Markdown shown under the command (how the run was set up).
+        baseline: A method every other is compared with, seed by seed
+            (:func:`paired`), when the results have it.
+        margin: The C2ST by which a method may trail the baseline in a cell.
     """
     if not results:
         raise ValueError("There are no results to report.")
@@ -133,6 +139,8 @@ def write_report(
         "",
     ]
     header = [f"{task} @ {budget:,}" for task in tasks for budget in budgets]
+    if baseline in methods:
+        lines += _paired_section(results, baseline, margin)
     for metric, title in (("c2st", "Mean C2ST"), ("rmse", "Mean RMSE")):
         lines += [f"## {title}", ""]
         lines += _table(
@@ -195,6 +203,112 @@ def write_report(
     page.write_text("\n".join(lines))
     _plot(results, output)
     return page
+
+
+class Paired(NamedTuple):
+    r"""One method against the baseline in one task-budget cell, over the seeds
+    both ran."""
+
+    task: str
+    budget: int
+    seeds: int
+    difference: float  #: mean C2ST of the method minus the baseline's
+    standard_error: float  #: of that mean, from the seed-to-seed spread
+
+
+def paired(results: Sequence[Result], method: str, baseline: str) -> list[Paired]:
+    r"""The C2ST of `method` minus `baseline`'s, cell by cell, over the seeds both
+    ran: the seed fixes the observation and the simulations' seed, so the
+    difference cancels what the observation alone makes hard. Cells with no
+    common seed are left out; with one, the standard error is NaN."""
+    by_key = {(r.task, r.method, r.budget, r.seed): r.c2st for r in results}
+    cells = dict.fromkeys((r.task, r.budget) for r in results if r.method == method)
+    out = []
+    for task, budget in cells:
+        differences = [
+            value - by_key[task, baseline, budget, seed]
+            for (t, m, b, seed), value in by_key.items()
+            if (t, m, b) == (task, method, budget)
+            and (task, baseline, budget, seed) in by_key
+            and not math.isnan(value)
+        ]
+        n = len(differences)
+        if n == 0:
+            continue
+        mean = sum(differences) / n
+        se = math.nan
+        if n > 1:
+            variance = sum((d - mean) ** 2 for d in differences) / (n - 1)
+            se = math.sqrt(variance / n)
+        out.append(Paired(task, budget, n, mean, se))
+    return out
+
+
+def _paired_section(
+    results: Sequence[Result], baseline: str, margin: float
+) -> list[str]:
+    r"""Per method, its mean C2ST difference to `baseline` over the cells, and
+    the cells where it trails by more than `margin`: on the mean, and beyond
+    two standard errors of it (a lead or lag the seeds cannot explain)."""
+    _, methods, _ = _order(results)
+    rows, cells = [], {}
+    for method in methods:
+        if method == baseline:
+            continue
+        pairs = paired(results, method, baseline)
+        if not pairs:
+            continue
+        cells[method] = pairs
+        mean = sum(p.difference for p in pairs) / len(pairs)
+        behind = [p for p in pairs if p.difference > margin]
+        clearly = [p for p in behind if p.difference - 2 * p.standard_error > margin]
+        ahead = [p for p in pairs if p.difference + 2 * p.standard_error < 0]
+        rows.append(
+            [
+                LABELS.get(method, method),
+                str(len(pairs)),
+                f"{mean:+.3f}",
+                str(sum(p.difference < 0 for p in pairs)),
+                str(len(ahead)),
+                f"{len(behind)}: "
+                + (", ".join(f"{p.task} @ {p.budget:,}" for p in behind) or "none"),
+                str(len(clearly)),
+            ]
+        )
+    lines = [
+        f"## Against {baseline}, seed by seed",
+        "",
+        f"C2ST of the method minus {baseline}'s, on the same observations and "
+        "seeds (negative: the method is closer to the reference). *behind*: "
+        f"cells where the mean difference exceeds {margin}; *clearly behind*: "
+        "where it exceeds it by two standard errors of the mean over seeds; "
+        "*clearly ahead*: where the difference is below 0 by two standard "
+        "errors.",
+        "",
+    ]
+    lines += _table(
+        [
+            "method",
+            "cells",
+            "mean difference",
+            "ahead",
+            "clearly ahead",
+            "behind",
+            "clearly behind",
+        ],
+        rows,
+    )
+    for method, pairs in cells.items():
+        lines += ["", f"{LABELS.get(method, method)} minus {baseline}, per cell:", ""]
+        lines += _table(
+            ["task", "budget", "seeds", "difference", "standard error"],
+            [
+                [p.task, f"{p.budget:,}", str(p.seeds), f"{p.difference:+.3f}",
+                 "–" if math.isnan(p.standard_error) else f"{p.standard_error:.3f}"]
+                for p in pairs
+            ],
+        )  # fmt: skip
+    return [*lines, ""]
 
 
 def _cell(runs: list[Result] | None, name: str) -> str:
