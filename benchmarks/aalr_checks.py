@@ -1,7 +1,7 @@
 """AALR's default on problems a user brings, beside sbi's NRE_A + slice sampling.
 
     python benchmarks/aalr_checks.py [--seeds 0 1] [--checks ...] [--pairs N]
-        [--output DIR]
+        [--output DIR] [--report-only]
 
 Three checks, each with AALR's defaults (`AALR(prior)`, `build_posterior()`) and
 `sbi`'s `NRE_A` + `slice_np_vectorized` trained on the same simulations:
@@ -345,6 +345,9 @@ def main() -> None:
         help="the checks to run; the others' rows are kept from DIR/results.csv",
     )
     parser.add_argument("--pairs", type=int, default=1_000)
+    parser.add_argument(
+        "--report-only", action="store_true", help="rewrite the page from DIR alone"
+    )
     parser.add_argument("--output", type=Path, default=RESULTS)
     args = parser.parse_args()
     torch.set_num_threads(1)
@@ -360,9 +363,12 @@ def main() -> None:
                 {k: number(v) for k, v in r.items() if v != ""}
                 for r in csv.DictReader(file)
                 if r["seed"] != "pooled"
-                and not (r["check"] in args.checks and int(r["seed"]) in args.seeds)
+                and (
+                    args.report_only
+                    or not (r["check"] in args.checks and int(r["seed"]) in args.seeds)
+                )
             ]
-    for seed in args.seeds:
+    for seed in [] if args.report_only else args.seeds:
         new = []
         if "coverage" in args.checks:
             new = coverage_rows(seed, args.pairs)
