@@ -7,7 +7,7 @@ import torch
 from pyro.infer import MCMC
 from torch.distributions import MultivariateNormal, Normal
 
-from sbi_alfi.diagnostics import convergence
+from sbi_alfi.diagnostics import convergence, nested_r_hat
 from sbi_alfi.samplers import VectorizedHMC, VectorizedMH, init_state
 
 MEAN = torch.tensor([1.0, -2.0])
@@ -163,6 +163,66 @@ def test_ess_of_antithetic_chains_is_floored_as_in_stan():
     assert convergence(torch.randn(3, 3, 2))[1].isnan().all()
     with pytest.raises(ValueError, match="must have shape"):
         convergence(torch.randn(10, 2))
+
+
+def test_nested_r_hat_follows_the_papers_equations():
+    chains = torch.randn(6, 5, 3, 2)  # 3 superchains of 2 chains, batch of 3
+    expected = torch.empty(3, 2)
+    for b in range(3):
+        for d in range(2):
+            f = chains[:, :, b, d].double().reshape(3, 2, 5)  # (k, m, n)
+            means = f.mean(2)
+            w_tilde = f.var(2).mean(1)  # within chains, per superchain
+            b_tilde = means.var(1)  # between its chains
+            b_nu = means.mean(1).var(0)
+            w_nu = (w_tilde + b_tilde).mean()
+            expected[b, d] = (1 + b_nu / w_nu).sqrt()
+    assert torch.allclose(nested_r_hat(chains, 2), expected)
+    # One chain per superchain (no between-chain term), one draw per chain (no
+    # within-chain term): the terms that are left.
+    single = chains[:, :1]
+    means = single[:, 0].double().reshape(3, 2, 3, 2)
+    b_nu, w_nu = means.mean(1).var(0), means.var(1).mean(0)
+    assert torch.allclose(nested_r_hat(single, 2), (1 + b_nu / w_nu).sqrt().float())
+    assert nested_r_hat(chains, 1).shape == (3, 2)
+    for bad in (0, 4, 6):  # 0, not a divisor, a single superchain
+        with pytest.raises(ValueError, match="at least 2 superchains"):
+            nested_r_hat(chains, bad)
+    with pytest.raises(ValueError, match="must have shape"):
+        nested_r_hat(torch.randn(10, 2), 2)
+
+
+def ar1_superchains(start: torch.Tensor, rho: float, warmup: int, draws: int):
+    """AR(1) chains with N(0, 1) as stationary law, 4 per superchain, each
+    superchain's chains started at its entry of `start`: (4K, draws, 1)."""
+    x = start.repeat_interleave(4)[:, None]
+    noise = (1 - rho**2) ** 0.5
+    kept = []
+    for step in range(warmup + draws):
+        x = rho * x + noise * torch.randn_like(x)
+        if step >= warmup:
+            kept.append(x)
+    return torch.stack(kept, 1)
+
+
+def test_nested_r_hat_passes_a_converged_run_and_flags_two_failures(figure):
+    # 25 superchains of 4 chains, started from one overdispersed point each
+    # (sd 5 around a N(0, 1) target).
+    start = 5 * torch.randn(25)
+    # Converged: 200 warmup steps forget the start (0.5^200), then 100 draws
+    # per chain, about 33 effective ones: nR-hat near sqrt(1 + 1/133). Over 300
+    # seeds: at most 1.0075 (split R-hat of the same chains: 1.013 to 1.029);
+    # the planted failures at least 1.51 (too few steps) and 1.78 (stuck).
+    converged = ar1_superchains(start, rho=0.5, warmup=200, draws=100)
+    figure.at_most("nested R-hat", nested_r_hat(converged, 4), 1.01)
+    # Too few steps: after 10 of them, 0.95^10 = 60% of the start remains.
+    short = ar1_superchains(start, rho=0.95, warmup=10, draws=20)
+    figure.at_least("nested R-hat", nested_r_hat(short, 4), 1.01, "too few steps")
+    # Stuck: converged draws, but half the superchains in a mode at +3 that the
+    # others never visit (a bimodal target, each chain in its start's mode).
+    stuck = converged.clone()
+    stuck[:48] += 3.0
+    figure.at_least("nested R-hat", nested_r_hat(stuck, 4), 1.01, "stuck in modes")
 
 
 def test_systematic_resampling_draws_each_index_its_share():
