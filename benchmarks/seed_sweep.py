@@ -24,6 +24,7 @@ import datetime
 import json
 import math
 import os
+import shlex
 import statistics
 import subprocess
 import sys
@@ -149,7 +150,7 @@ def write_report(table, summaries, output: Path, args, env) -> Path:
         "Produced by:",
         "",
         "```",
-        " ".join(["python benchmarks/seed_sweep.py", *sys.argv[1:]]),
+        shlex.join(["python", "benchmarks/seed_sweep.py", *sys.argv[1:]]),
         "```",
         "",
         f"- Seeds: {args.first} to {args.first + args.seeds - 1} "

@@ -470,8 +470,8 @@ def test_aalr_learns_the_ratio_of_a_gaussian_model(figure):
         error = (samples.mean(0) - x_o).abs().max() / 0.3
         sd_error = (samples.std(0) / 0.3 - 1).abs().max()
         # The former default (a SiLU MLP) came out too wide, by up to 63% over
-        # 20 seeds; the present one is within 11% over 9 seeds, its mean within
-        # 0.27 sds (median 0.06).
+        # 20 seeds; the present one is within 21% over 20 seeds (median 6%), its
+        # mean within 0.27 sds (median 0.07): benchmarks/results/seeds-aalr.
         if not name:
             figure.at_most("|mean error| / sd", error, 0.45)
             figure.at_most("|sd ratio - 1|", sd_error, 0.3)
@@ -490,7 +490,7 @@ def test_the_factorized_route_learns_one_points_ratio(figure):
     # counts 10 times. The classifier's loss barely constrains a term of the
     # logit in theta alone (it shifts both classes' pairs alike), and its slope,
     # times 10, moves the posterior's mean: with the default classifier, by up
-    # to 0.50 posterior sds from 1,000 data sets (median 0.14, 9 seeds); with a
+    # to 0.50 posterior sds from 1,000 data sets (median 0.14, 20 seeds); with a
     # SiLU network, by up to 0.56 from 500; the former SiLU MLP, by up to 0.30.
     theta = prior.sample((1_000,))
     x = theta[:, None] + torch.randn(1_000, 10, 1)
