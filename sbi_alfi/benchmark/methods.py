@@ -177,6 +177,7 @@ METHODS: dict[str, Callable] = {
     "nle_slice": _sbi(NLE, sample_with="mcmc", mcmc_method="slice_np_vectorized"),
     "aalr_hmc_vectorized": _aalr("hmc_vectorized"),
     "aalr_mh_vectorized": _aalr("mh_vectorized"),
+    "aalr_smc_vectorized": _aalr("smc_vectorized"),
     # The factorized route on the data-set tasks (gaussian, poisson, weinberg).
     "aalr_iid_hmc_vectorized": _aalr("hmc_vectorized", iid=True),
     # AALR's HMC on sbi's default classifier (NRE_A's ReLU network, 50 wide):
