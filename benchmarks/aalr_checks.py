@@ -62,6 +62,8 @@ from sbi_alfi.diagnostics import expected_coverage
 RESULTS = Path(__file__).parent / "results" / "aalr_checks"
 METHODS = ("aalr", "nre_a_slice")
 CHECKS = ("coverage", "networks", "mixture", "ou")
+#: The page's first columns, in this order; `seconds` comes last.
+COLUMNS = ("seed", "observation", "method", "pairs", "max_gap")
 #: The networks whose own posteriors' coverage the `networks` check measures.
 NETWORKS = {
     "aalr_network": dict(),
@@ -185,8 +187,8 @@ def pooled_rows(rows: list[dict], credibility: dict[str, list]) -> list[dict]:
     """Per method, the coverage of every seed's pairs together (`credibility`
     maps "seed/method" to the levels of that run's pairs)."""
     pooled = []
-    coverage = [r for r in rows if r["check"] == "coverage"]
-    for method in dict.fromkeys(r["method"] for r in coverage):
+    coverage = [r for r in rows if r["check"] in ("coverage", "networks")]
+    for check, method in dict.fromkeys((r["check"], r["method"]) for r in coverage):
         subset = [
             r
             for r in coverage
@@ -196,7 +198,9 @@ def pooled_rows(rows: list[dict], credibility: dict[str, list]) -> list[dict]:
             continue
         levels = [c for r in subset for c in credibility[f"{r['seed']}/{method}"]]
         seconds = sum(r["seconds"] for r in subset)
-        pooled.append(coverage_row("pooled", method, torch.tensor(levels), seconds))
+        pooled.append(
+            coverage_row("pooled", method, torch.tensor(levels), seconds, check)
+        )
     return pooled
 
 
@@ -290,7 +294,10 @@ def write_page(rows: list[dict], credibility: dict, output: Path) -> Path:
         subset = [r for r in rows if r["check"] == check]
         if not subset:
             continue
-        keys = [k for k in dict.fromkeys(k for r in subset for k in r) if k != "check"]
+        present = dict.fromkeys(k for r in subset for k in r if k != "check")
+        first = [k for k in COLUMNS if k in present]
+        keys = first + [k for k in present if k not in first and k != "seconds"]
+        keys += ["seconds"] if "seconds" in present else []
         lines += [f"## {title}", "", "| " + " | ".join(keys) + " |"]
         lines.append("| --- " * len(keys) + "|")
         lines += [
@@ -379,7 +386,8 @@ def main() -> None:
                 new += spread_rows(name, seed)
         for row in new:
             if "credibility" in row:
-                credibility[f"{seed}/{row['method']}"] = row.pop("credibility")
+                levels = row.pop("credibility")  # 4 decimals: 1/num_posterior_samples
+                credibility[f"{seed}/{row['method']}"] = [round(c, 4) for c in levels]
             print(row, flush=True)
         rows += new
     store.write_text(json.dumps(credibility))
