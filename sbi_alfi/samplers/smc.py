@@ -163,7 +163,8 @@ def tempered_step(
         # Resampled copies of one particle must drift apart before the next
         # reweighting, else the modes' shares rest on few lineages: move until
         # the mean squared distance from the resampled positions grows by less
-        # than `min_growth` in a move (the rule of Chopin's `particles`).
+        # than `min_growth` in a move. (Chopin's `particles` stops on the mean
+        # distance, AdaptiveMCMCSequence; the squared one stops later.)
         previous = jump
         jump = group_mean((chain.position - position).square().sum(-1), num_groups)
         if moves >= min_moves and bool((jump < (1 + min_growth) * previous).all()):
