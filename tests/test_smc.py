@@ -150,3 +150,21 @@ def test_smc_rejects_bad_arguments():
         smc(log_prior, log_likelihood, start, num_groups=3)
     with pytest.raises(RuntimeError, match="raise `max_steps`"):
         smc(log_prior, lambda z: 1e4 * log_likelihood(z), start, max_steps=2)
+
+
+def test_a_theta_rounded_onto_the_bound_is_zero_density_not_nan():
+    # Far out in the unconstrained space (not beyond Z_FAR) the box's transform
+    # rounds theta onto its bound, where the prior's log-density is -inf: a
+    # rejection for every method. (SMC on weinberg met it: theta = [50.0, ...].)
+    prior = BoxUniform(torch.tensor([40.0, 0.5]), torch.tensor([50.0, 1.5]))
+
+    def log_ratio(theta, x):
+        return -(theta - x).square().sum(-1)
+
+    posterior = RatioMCMCPosterior(log_ratio, prior, "smc_vectorized")
+    posterior.set_default_x(torch.tensor([45.0, 1.0]))
+    z = torch.tensor([[30.0, 0.0], [0.0, 0.0]])
+    assert posterior.theta_transform.inv(z)[0, 0] == 50.0
+    log_prior, ratio = posterior._target_parts()
+    assert ratio(z)[0] == -torch.inf and ratio(z)[1].isfinite()
+    assert posterior.log_density(z)[0] == -torch.inf

@@ -364,7 +364,12 @@ class RatioMCMCPosterior(CheckedPosterior):
             theta = self.theta_transform.inv(z)
             if x_chains is None:
                 potential = self.potential_fn(theta, track_gradients=True)
-                value = potential - self.prior.log_prob(theta)
+                log_prior = self.prior.log_prob(theta)
+                # On the prior's bound (a z whose transform rounds to it) both
+                # are -inf: zero density, a rejection, not NaN.
+                value = torch.where(
+                    torch.isneginf(log_prior), -torch.inf, potential - log_prior
+                )
             else:
                 value = self.estimator(theta, x_chains).reshape(-1)
             bad = torch.isnan(value) | torch.isposinf(value)
