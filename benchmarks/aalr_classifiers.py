@@ -13,7 +13,8 @@ posterior. The candidates: `sbi`'s NRE_A (ReLU residual network of 50 hidden
 features, sigmoid+BCE; `AALR(classifier="resnet")` trains the same network on
 the same loss, so it is not run twice); AALR with the former default (a SiLU
 MLP); with smooth residual networks (SiLU, ELU or GELU at sbi's width, SiLU at
-128); ReLU's at 128 (the present default); with BNRE's balancing penalty
+128); ReLU's at 128 (the present default), also trained on batches of 50;
+with BNRE's balancing penalty
 (sbi's strength, 100) on a SiLU network and on the default;
 as ensembles of 3; and, on the data-set tasks, trained on single points (the
 factorized route). Rows go to `results.csv` as they are scored (a rerun
@@ -100,6 +101,11 @@ CANDIDATES = {
         lambda: classifier_nn("resnet", hidden_features=128)
     ),
     "aalr_resnet_silu_bnre": _aalr(regularization_strength=100.0),
+    # the present default trained on batches of 50 (sbi's: 200)
+    "aalr_resnet_relu_wide_batch50": _aalr(
+        lambda: classifier_nn("resnet", hidden_features=128),
+        train_kwargs={"training_batch_size": 50},
+    ),
     # the present default with BNRE's balancing penalty
     "aalr_resnet_relu_wide_bnre": _aalr(
         lambda: classifier_nn("resnet", hidden_features=128),
