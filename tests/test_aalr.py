@@ -821,3 +821,20 @@ def test_a_plain_function_is_a_log_ratio():
     assert torch.equal(*draws)  # the same chains, step for step
     with pytest.raises(ValueError, match="`estimator` must be a ratio estimator"):
         RatioMCMCPosterior("not a function", prior)
+
+
+def test_sample_batched_initializes_in_chunks_with_the_same_draws(monkeypatch):
+    import sbi_alfi.aalr.posterior as module
+
+    posterior = RatioMCMCPosterior(
+        ExactRatio(), prior_of("box"), num_chains=4, show_progress_bars=False
+    )
+    x = torch.stack([X_O[0], -X_O[0], torch.zeros(2)])
+    draws = []
+    for rows in (10**9, 1):  # one call; one observation per call
+        monkeypatch.setattr(module, "INIT_ROWS_PER_CALL", rows)
+        torch.manual_seed(0)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            draws.append(posterior.sample_batched((8,), x, warmup_steps=5))
+    assert torch.equal(*draws)

@@ -44,6 +44,9 @@ MH_THIN = 20
 # overflow, not a broken estimator. (SLCP's exact likelihood overflows to NaN
 # from |θ| ~ 1e10 on; HMC chains under a Gaussian prior reached 1e21 there.)
 Z_FAR = 1e3
+# The most (candidate, observation) pairs the initialization sends the network
+# at once in `sample_batched`.
+INIT_ROWS_PER_CALL = 500_000
 # SMC's fewest particles per observation, whatever the draws asked for: on SLCP
 # (4 modes) 4,000 gave C2ST 0.50-0.54 and modes' shares within 0.045 over 6
 # seeds, 1,000 within 0.08.
@@ -630,10 +633,18 @@ class RatioMCMCPosterior(CheckedPosterior):
                     log_weights = self.potential_fn(candidates, track_gradients=False)
                     log_weights = (log_weights - self.prior.log_prob(candidates))[None]
                 else:
-                    log_weights = self.estimator(
-                        candidates.repeat(batch, 1),
-                        x_batch.repeat_interleave(len(candidates), dim=0),
-                    ).reshape(batch, -1)
+                    # In chunks: 1,000 observations x 10,000 candidates in one
+                    # call took 15 GB (expected_coverage was killed for it).
+                    per_chunk = max(1, INIT_ROWS_PER_CALL // len(candidates))
+                    log_weights = torch.cat(
+                        [
+                            self.estimator(
+                                candidates.repeat(len(x_chunk), 1),
+                                x_chunk.repeat_interleave(len(candidates), dim=0),
+                            ).reshape(len(x_chunk), -1)
+                            for x_chunk in x_batch.split(per_chunk)
+                        ]
+                    )
             _check_weights(log_weights)
             log_weights = torch.nan_to_num(log_weights, nan=-torch.inf)
             # Systematic, not multinomial: the chains' shares of the modes follow
