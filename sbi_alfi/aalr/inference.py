@@ -43,10 +43,10 @@ def default_classifier():
 #: (benchmarks/results/aalr_checks) the default network trained on batches of
 #: 200 was overconfident at 2 seeds of 4 (expected coverage 0.078 off the
 #: diagonal; NRE_A's network 0.05-0.10 at every seed); on batches of 50 it was
-#: within 0.023-0.044 at all 4, with the same accuracy over the classifier
-#: benchmark's 20 matched cells (mean C2ST 0.669 against 0.681) and the same
-#: training time: the noisier gradient regularizes, and early stopping comes
-#: sooner.
+#: within 0.023-0.044 at all 4 (the sampled posterior 0.023-0.041), with the
+#: same accuracy over the classifier benchmark's 20 matched cells (mean C2ST
+#: 0.669 against 0.681) and the same training time; presumably the noisier
+#: gradient regularizes, and early stopping comes sooner.
 TRAINING_BATCH_SIZE = 50
 
 
