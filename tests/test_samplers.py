@@ -210,9 +210,9 @@ def test_nested_r_hat_passes_a_converged_run_and_flags_two_failures(figure):
     # (sd 5 around a N(0, 1) target).
     start = 5 * torch.randn(25)
     # Converged: 200 warmup steps forget the start (0.5^200), then 100 draws
-    # per chain, about 33 effective ones: nR-hat near sqrt(1 + 1/133). Over 300
-    # seeds: at most 1.0075 (split R-hat of the same chains: 1.013 to 1.029);
-    # the planted failures at least 1.51 (too few steps) and 1.78 (stuck).
+    # per chain, about 33 effective ones: nR-hat near sqrt(1 + 1/133). Over 20
+    # seeds: at most 1.005; the planted failures at least 1.69 (too few steps)
+    # and 1.79 (stuck) (benchmarks/results/seeds-smc).
     converged = ar1_superchains(start, rho=0.5, warmup=200, draws=100)
     figure.at_most("nested R-hat", nested_r_hat(converged, 4), 1.01)
     # Too few steps: after 10 of them, 0.95^10 = 60% of the start remains.

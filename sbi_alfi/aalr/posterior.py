@@ -47,9 +47,9 @@ Z_FAR = 1e3
 # The most (candidate, observation) pairs the initialization sends the network
 # at once in `sample_batched`.
 INIT_ROWS_PER_CALL = 500_000
-# SMC's fewest particles per observation, whatever the draws asked for: on SLCP
-# (4 modes) 4,000 gave C2ST 0.50-0.54 and modes' shares within 0.045 over 6
-# seeds, 1,000 within 0.08.
+# SMC's fewest particles per observation, whatever the draws asked for: with
+# 4,000, four unequal modes' shares came within 0.046 of their weights over 20
+# seeds (benchmarks/results/seeds-smc).
 SMC_MIN_PARTICLES = 4_000
 # SMC's evidence estimate of one observation, E_prior[r(x | theta)], is 1 for
 # a correct ratio; beyond this factor either way the run warns.

@@ -50,6 +50,19 @@ class SMCInfo(NamedTuple):
     num_moves: int  #: the Metropolis moves made
 
 
+def _incremental(delta: Tensor, log_likelihood: Tensor) -> Tensor:
+    r"""The incremental log-weights :math:`\delta_g \log L`, `(G, N)`; NaN
+    (0 times :math:`-\infty`) is a zero weight."""
+    return torch.nan_to_num(delta[:, None] * log_likelihood, nan=-torch.inf)
+
+
+def _ess_fraction(log_weights: Tensor) -> Tensor:
+    r"""The effective sample size :math:`(\sum w)^2 / \sum w^2` of each row of
+    weights, as a fraction of the row's length."""
+    log_ess = 2 * log_weights.logsumexp(-1) - (2 * log_weights).logsumexp(-1)
+    return log_ess.exp() / log_weights.shape[-1]
+
+
 def next_temperature(log_likelihood: Tensor, beta: Tensor, target_ess: float) -> Tensor:
     r"""The increments :math:`\delta` of each group's temperature such that the
     incremental weights :math:`w_i = L(\theta_i)^{\delta}` have an effective
@@ -71,10 +84,7 @@ def next_temperature(log_likelihood: Tensor, beta: Tensor, target_ess: float) ->
     rest = (1 - beta).double().clamp(min=0)
 
     def ess_fraction(delta: Tensor) -> Tensor:
-        log_w = delta[:, None] * log_likelihood
-        log_w = torch.nan_to_num(log_w, nan=-torch.inf)
-        ess = (2 * log_w.logsumexp(-1) - (2 * log_w).logsumexp(-1)).exp()
-        return ess / log_likelihood.shape[-1]
+        return _ess_fraction(_incremental(delta, log_likelihood))
 
     done = ess_fraction(rest) >= target_ess
     low, high = torch.zeros_like(rest), rest
@@ -126,9 +136,9 @@ def tempered_step(
     n = total // num_groups
     loglik = state.log_likelihood.reshape(num_groups, n)
     delta = next_temperature(loglik, state.beta, target_ess)
-    log_w = torch.nan_to_num(delta[:, None] * loglik, nan=-torch.inf)
+    log_w = _incremental(delta, loglik)
     log_evidence = state.log_evidence + log_w.logsumexp(-1) - math.log(n)
-    ess = (2 * log_w.logsumexp(-1) - (2 * log_w).logsumexp(-1)).exp() / n
+    ess = _ess_fraction(log_w)
     offsets = torch.arange(num_groups, device=loglik.device)[:, None] * n
     index = (systematic_resample(log_w, n) + offsets).reshape(-1)
     position = state.position[index]
