@@ -11,7 +11,7 @@ from sbi.utils import BoxUniform
 from sbi.utils.metrics import c2st
 from scipy.stats import truncnorm
 from torch import nn
-from torch.distributions import MultivariateNormal, Normal
+from torch.distributions import Independent, MultivariateNormal, Normal
 
 from sbi_alfi import RatioMCMCPosterior
 from sbi_alfi.aalr import METHODS
@@ -337,7 +337,8 @@ def test_mh_defaults_thin_enough_for_an_accurate_posterior(figure):
 
 def test_a_short_run_warns_with_the_numbers(figure):
     # Unconverged by construction: chains spread over the prior that move by a
-    # thousandth per step, without warmup.
+    # thousandth per step, without warmup. 10 chains are too few to pair in
+    # superchains: each its own start, nested R-hat over 10 chains.
     posterior = RatioMCMCPosterior(
         ExactRatio(),
         prior_of("box"),
@@ -347,11 +348,77 @@ def test_a_short_run_warns_with_the_numbers(figure):
         kernel_kwargs={"step_size": 1e-3, "num_steps": 1},
         show_progress_bars=False,
     )
-    message = r"split R-hat up to [\d.]+ \(> 1\.01\); bulk ESS down to \d+, below the"
+    message = (
+        r"nested R-hat up to [\d.]+ over 10 chains: about \d+ effective draws of "
+        r"the 500 drawn \(fewer than 10%\)"
+    )
     with pytest.warns(UserWarning, match=message):
         posterior.sample((500,), x=X_O)
-    figure.at_least("split R-hat", posterior.diagnostics["r_hat"].max(), 1.01)
-    figure.at_most("bulk ESS / draws", posterior.diagnostics["ess"].min() / 500, 1)
+    figure.at_least("nested R-hat", posterior.diagnostics["nested_r_hat"].max(), 1.01)
+    figure.at_most("nested ESS / draws", posterior.diagnostics["nested_ess"] / 500, 0.1)
+
+
+def bimodal_ratio(theta, x):
+    """Two modes of sd 0.5 at x +- 6 in each coordinate, 24 sds apart: no
+    chain crosses (at +- 3, MH's random walk, scaled to the pooled chains'
+    spread, did). Under a uniform prior at x = 0, of equal weights."""
+    modes = torch.stack([x + 6, x - 6])
+    return Normal(modes, NOISE).log_prob(theta).sum(-1).logsumexp(0)
+
+
+@pytest.mark.parametrize("method", ["hmc_vectorized", "mh_vectorized"])
+@pytest.mark.parametrize("num_samples", [100, 1_000, 10_000])
+def test_nested_r_hat_trusts_many_short_chains_and_flags_two_failures(
+    method, num_samples, figure
+):
+    # The defaults: 100 chains in 50 superchains of 2, one start each, so 1,000
+    # draws are 10 per chain (split R-hat fired on such runs).
+    x = X_O
+    posterior = RatioMCMCPosterior(
+        ExactRatio(), prior_of("gaussian"), method=method, show_progress_bars=False
+    )
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a correct run must not warn
+        draws = posterior.sample((num_samples,), x=x)
+    # At least 10 draws per chain (MIN_DRAWS_PER_CHAIN).
+    assert posterior.chains.shape[:2] == (100, max(10, num_samples // 100))
+    if num_samples >= 1_000:  # C2ST needs the draws
+        check_draws(figure, draws, "gaussian", 0.55, 0.15, 0.12)
+    drawn = posterior.chains.shape[0] * posterior.chains.shape[1]
+    figure.at_least(
+        "nested ESS / draws", posterior.diagnostics["nested_ess"] / drawn, 0.2
+    )
+    # Planted: stuck, each superchain in its start's mode of two (the shares
+    # right on average, but no chain can tell).
+    box = BoxUniform(-10 * torch.ones(2), 10 * torch.ones(2))
+    stuck = RatioMCMCPosterior(
+        bimodal_ratio, box, method=method, show_progress_bars=False
+    )
+    with pytest.warns(UserWarning, match="nested R-hat up to .* over 50 superchains"):
+        stuck.sample((num_samples,), x=torch.zeros(1, 2))
+    figure.at_least(
+        "nested R-hat", stuck.diagnostics["nested_r_hat"].max(), 1.01, "stuck"
+    )
+    # Planted: too few steps, from starts spread over the prior: HMC's of a
+    # thousandth, MH's proposals all far out (never accepted).
+    far = Independent(Normal(torch.full((2,), 20.0), 0.1), 1)
+    short = RatioMCMCPosterior(
+        ExactRatio(),
+        prior_of("gaussian"),
+        method=method,
+        warmup_steps=0,
+        init_strategy="prior",
+        kernel_kwargs={"step_size": 1e-3, "num_steps": 1}
+        if method == "hmc_vectorized"
+        else {"proposal": far},
+        thin=1,
+        show_progress_bars=False,
+    )
+    with pytest.warns(UserWarning, match="effective draws of the .* drawn"):
+        short.sample((num_samples,), x=x)
+    figure.at_least(
+        "nested R-hat", short.diagnostics["nested_r_hat"].max(), 1.01, "few steps"
+    )
 
 
 def test_potential_and_default_x():

@@ -17,7 +17,8 @@ from torch import Tensor, nn
 from torch.distributions import Distribution
 
 from ..checked_posterior import CheckedPosterior, theta_dim
-from ..diagnostics import convergence
+from ..diagnostics import check_chains
+from ..diagnostics.mcmc import MIN_SUPERCHAINS
 from ..samplers import VectorizedHMC, VectorizedMH, systematic_resample
 from ..samplers.smc import smc
 from ..samplers.state import LogDensity
@@ -37,6 +38,18 @@ INIT_STRATEGIES = {
     "prior": "prior",
     "proposal": "prior",
 }
+# The default chains: the vectorized kernels step 100 as one batch for about
+# the time of one (the network's pass and Python's overhead hardly grow with the
+# batch on a CPU) and pool them in the warmup; Pyro's kernels run their chains
+# one after another, so a handful.
+NUM_CHAINS = 100
+NUM_CHAINS_PYRO = 4
+# The fewest draws each chain of a vectorized method keeps, however few are
+# asked for: 10 steps after 200 of warmup cost 5 % more and give nested R-hat
+# chains it can read (with 1 draw each, chains stuck in two modes were judged
+# 19 effective draws of 100, no warning); the draws returned are spread over
+# the chains.
+MIN_DRAWS_PER_CHAIN = 10
 # The default thinning of random-walk Metropolis-Hastings.
 MH_THIN = 20
 # How far out in the unconstrained space (in prior standard deviations for an
@@ -44,6 +57,11 @@ MH_THIN = 20
 # overflow, not a broken estimator. (SLCP's exact likelihood overflows to NaN
 # from |θ| ~ 1e10 on; HMC chains under a Gaussian prior reached 1e21 there.)
 Z_FAR = 1e3
+# The chains of a superchain: they start from one point, so their spread
+# measures how far they have forgotten it (nested R-hat, Margossian et al.,
+# 2024). Two, not more, so that 100 chains start from 50 points, the modes'
+# shares of the starts following the posterior's to 2 %.
+SUPERCHAIN_SIZE = 2
 # The most (candidate, observation) pairs the initialization sends the network
 # at once in `sample_batched`.
 INIT_ROWS_PER_CALL = 500_000
@@ -117,7 +135,10 @@ class RatioMCMCPosterior(CheckedPosterior):
             or a plain function `f(theta, x)` that does.
         prior: The prior.
         method: The sampler, one of `METHODS`.
-        num_chains: The number of chains.
+        num_chains: The number of chains; when `None`, `NUM_CHAINS` (100) for
+            the vectorized methods, `NUM_CHAINS_PYRO` (4) for Pyro's. A
+            vectorized run keeps at least `MIN_DRAWS_PER_CHAIN` (10) draws per
+            chain and returns the draws asked for, spread over the chains.
         warmup_steps: The warmup (adaptation) steps of every chain.
         thin: Keep one draw in `thin`; when `None`, 20 for `"mh_vectorized"`,
             whose random-walk draws are strongly autocorrelated (with 1, the
@@ -171,7 +192,7 @@ class RatioMCMCPosterior(CheckedPosterior):
         estimator: nn.Module | Callable[[Tensor, Tensor], Tensor],
         prior: Distribution,
         method: Method = "hmc_vectorized",
-        num_chains: int = 100,
+        num_chains: int | None = None,
         warmup_steps: int = 200,
         thin: int | None = None,
         init_strategy: InitStrategy | Distribution = "resample",
@@ -279,6 +300,8 @@ class RatioMCMCPosterior(CheckedPosterior):
         if method not in METHODS:
             raise ValueError(f"`method` must be one of {METHODS}, got {method!r}.")
         num_chains = self.num_chains if num_chains is None else num_chains
+        if num_chains is None:
+            num_chains = NUM_CHAINS_PYRO if method.endswith("_pyro") else NUM_CHAINS
         warmup_steps = self.warmup_steps if warmup_steps is None else warmup_steps
         thin = self._thin if thin is None or thin == -1 else thin  # sbi's -1: default
         thin = self._default_thin(method) if thin is None else thin
@@ -512,7 +535,7 @@ class RatioMCMCPosterior(CheckedPosterior):
         if run.method == "smc_vectorized":
             draws = self._run_smc(num_samples, show, x_single=len(x) == 1)
             return draws[0].reshape(*sample_shape, dim)
-        per_chain = max(1, math.ceil(num_samples / run.num_chains))
+        per_chain = _draws_per_chain(run, num_samples)
         z_0 = self._initial_positions(run)
         if run.method.endswith("_pyro"):
             z, kernel_diagnostics = self._run_pyro(run, z_0, per_chain, show)
@@ -522,7 +545,7 @@ class RatioMCMCPosterior(CheckedPosterior):
             )
         chains = self.theta_transform.inv(z).detach()  # (C, S, D)
         self.chains = chains
-        self._diagnose(run, chains, num_samples, kernel_diagnostics)
+        self._diagnose(run, chains, kernel_diagnostics)
         draws = chains.transpose(0, 1).reshape(-1, dim)[:num_samples]
         return draws.reshape(*sample_shape, dim)
 
@@ -590,7 +613,7 @@ class RatioMCMCPosterior(CheckedPosterior):
         if run.method == "smc_vectorized":
             draws = self._run_smc(num_samples, self._show(show_progress_bars), x)
             return draws.transpose(0, 1).reshape(*sample_shape, batch, dim)
-        per_chain = max(1, math.ceil(num_samples / num_chains))
+        per_chain = _draws_per_chain(run, num_samples)
         x_chains = x.repeat_interleave(num_chains, dim=0)  # chain c of x_b: b * C + c
         z_0 = self._initial_positions(run, x)
         z, kernel_diagnostics = self._run_vectorized(
@@ -604,7 +627,7 @@ class RatioMCMCPosterior(CheckedPosterior):
         chains = self.theta_transform.inv(z).detach()
         chains = chains.reshape(batch, num_chains, per_chain, -1)
         self.chains = chains
-        self._diagnose(run, chains.permute(1, 2, 0, 3), num_samples, kernel_diagnostics)
+        self._diagnose(run, chains.permute(1, 2, 0, 3), kernel_diagnostics)
         draws = chains.permute(2, 1, 0, 3).reshape(-1, batch, chains.shape[-1])
         return draws[:num_samples].reshape(*sample_shape, batch, dim)
 
@@ -618,11 +641,12 @@ class RatioMCMCPosterior(CheckedPosterior):
         current `x`, or `(B * C, D)` for the observations `x_batch`, each row its
         own, chains grouped by observation."""
         batch = 1 if x_batch is None else len(x_batch)
-        num = batch * run.num_chains
+        size = _superchain_size(run)
+        starts = run.num_chains // size  # per observation
         if isinstance(run.init_strategy, Distribution):
-            theta = run.init_strategy.sample((num,))
+            theta = run.init_strategy.sample((batch * starts,))
         elif run.init_strategy == "prior":
-            theta = self.prior.sample((num,))
+            theta = self.prior.sample((batch * starts,))
         else:
             # One importance resampling of shared prior draws, weighted by the
             # ratio (the posterior over the prior), for every chain at once.
@@ -647,10 +671,12 @@ class RatioMCMCPosterior(CheckedPosterior):
                     )
             _check_weights(log_weights)
             log_weights = torch.nan_to_num(log_weights, nan=-torch.inf)
-            # Systematic, not multinomial: the chains' shares of the modes follow
-            # the weights as closely as a whole number of chains can.
-            index = systematic_resample(log_weights, run.num_chains)
+            # Systematic, not multinomial: the superchains' shares of the modes
+            # follow the weights as closely as a whole number of them can.
+            index = systematic_resample(log_weights, starts)
             theta = candidates[index.reshape(-1)]
+        # Superchain k of observation b: chains b * C + k * size + (0 .. size-1).
+        theta = theta.repeat_interleave(size, dim=0)
         return self.theta_transform(theta.to(self._device)).detach()
 
     def _run_vectorized(
@@ -768,36 +794,34 @@ class RatioMCMCPosterior(CheckedPosterior):
         self,
         run: _Settings,
         chains: Tensor,
-        num_samples: int,
         kernel_diagnostics: dict[str, Tensor],
     ) -> None:
-        r"""Split R-hat and bulk ESS per parameter (:func:`convergence`) of `chains`,
-        `(C, S, *batch, D)`, with the kernels' per-chain statistics; warns when the
-        run should not be trusted."""
-        r_hat, ess = convergence(chains)
-        self.diagnostics = {"r_hat": r_hat, "ess": ess, **kernel_diagnostics}
-        problems = []
-        if (r_hat > 1.01).any():
-            problems.append(f"split R-hat up to {r_hat.max():.3f} (> 1.01)")
-        if (ess < num_samples).any():
-            problems.append(
-                f"bulk ESS down to {ess.min():.0f}, below the {num_samples} draws "
-                "asked for"
-            )
-        divergences = kernel_diagnostics.get("divergences")
-        if divergences is not None and divergences.sum() > 0:
-            problems.append(f"{int(divergences.sum())} divergent transitions")
-        if problems:
+        r"""The convergence statistics of `chains`, `(C, S, *batch, D)`
+        (:func:`~sbi_alfi.diagnostics.check_chains`), with the kernels'
+        per-chain statistics; warns when the run should not be trusted."""
+        check = check_chains(
+            chains,
+            _superchain_size(run),
+            divergences=kernel_diagnostics.get("divergences"),
+        )
+        self.diagnostics = {"r_hat": check.r_hat, "ess": check.ess}
+        if check.nested_r_hat is not None:
+            self.diagnostics["nested_r_hat"] = check.nested_r_hat
+            self.diagnostics["nested_ess"] = check.nested_ess
+        self.diagnostics.update(kernel_diagnostics)
+        if check.problems:
             warnings.warn(
                 f"MCMC ({run.method}) may not have converged: "
-                + "; ".join(problems)
-                + ". Consider more warmup_steps, more chains or thinning.",
+                + "; ".join(check.problems)
+                + ". Consider more warmup_steps or thinning, or, for a multimodal "
+                "posterior, method='smc_vectorized'.",
                 stacklevel=3,
             )
 
     def __repr__(self) -> str:
         return (
-            f"RatioMCMCPosterior(method={self.method!r}, num_chains={self.num_chains}, "
+            f"RatioMCMCPosterior(method={self.method!r}, "
+            f"num_chains={self._settings().num_chains}, "
             f"warmup_steps={self.warmup_steps}, thin={self.thin})"
         )
 
@@ -806,10 +830,37 @@ class RatioMCMCPosterior(CheckedPosterior):
         return (
             f"Posterior p(θ|x) of type RatioMCMCPosterior, on the ratio estimator "
             f"{type(self.estimator).__name__}. It samples by MCMC ({self.method}, "
-            f"{self.num_chains} chains, {self.warmup_steps} warmup steps, thin "
+            f"{self._settings().num_chains} chains, {self.warmup_steps} warmup "
+            "steps, thin "
             f"{self.thin}) with .sample() and evaluates the _unnormalized_ "
             "posterior density with .potential()."
         )
+
+
+def _draws_per_chain(run: _Settings, num_samples: int) -> int:
+    r"""The draws each chain keeps: enough for `num_samples` in all, and for the
+    vectorized methods at least `MIN_DRAWS_PER_CHAIN`."""
+    per_chain = math.ceil(num_samples / run.num_chains)
+    return (
+        per_chain
+        if run.method.endswith("_pyro")
+        else max(per_chain, MIN_DRAWS_PER_CHAIN)
+    )
+
+
+def _superchain_size(run: _Settings) -> int:
+    r"""The chains per superchain: `SUPERCHAIN_SIZE` when the chains make enough
+    superchains for nested R-hat, else 1 (each chain its own start). Pyro's
+    few, long chains start apart, for split R-hat."""
+    size = SUPERCHAIN_SIZE
+    if (
+        run.method.endswith("_pyro")
+        or isinstance(run.init_strategy, Distribution)
+        or run.num_chains % size
+        or run.num_chains // size < MIN_SUPERCHAINS
+    ):
+        return 1
+    return size
 
 
 def _shape(shape) -> str:
