@@ -144,7 +144,7 @@ def test_every_method_samples_the_exact_posterior(method, prior_name, figure):
     chains = posterior.chains
     diagnostics = posterior.diagnostics
     if method == "smc_vectorized":
-        assert chains.shape == (4_000, 1, 2)  # SMC_MIN_PARTICLES
+        assert chains.shape == (10, 400, 2)  # SMC_MIN_PARTICLES in 10 islands
         assert diagnostics["log_evidence"].shape == (1,)
         return
     assert chains.shape[0] == SETTINGS[method]["num_chains"] and chains.shape[-1] == 2

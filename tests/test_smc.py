@@ -118,7 +118,7 @@ def test_smc_checks_the_ratios_normalization():
     assert torch.allclose(draws.mean(0), 0.8 * x, atol=0.15)  # v / s^2 = 0.8
     log_evidence = posterior.diagnostics["log_evidence"]
     assert log_evidence.shape == (3,) and (log_evidence.abs() < 0.1).all()
-    assert posterior.chains.shape == (3, 4_000, 1, DIM)
+    assert posterior.chains.shape == (3, 10, 400, DIM)  # 10 islands of 400
     # Three times too large: E_prior[r] = 3, beyond the factor of 2.
     scaled = RatioMCMCPosterior(ScaledRatio(math.log(3)), prior, "smc_vectorized")
     with pytest.warns(

@@ -69,6 +69,10 @@ INIT_ROWS_PER_CALL = 500_000
 # 4,000, four unequal modes' shares came within 0.046 of their weights over 20
 # seeds (benchmarks/results/seeds-smc).
 SMC_MIN_PARTICLES = 4_000
+# SMC tempers each observation's particles in this many independent islands:
+# the spread of their means is the run's own error, read as nested R-hat reads
+# superchains (10: one degree of freedom in 9, above MIN_SUPERCHAINS).
+SMC_ISLANDS = 10
 # SMC's evidence estimate of one observation, E_prior[r(x | theta)], is 1 for
 # a correct ratio; beyond this factor either way the run warns.
 EVIDENCE_FACTOR = 2.0
@@ -712,11 +716,16 @@ class RatioMCMCPosterior(CheckedPosterior):
         r"""`num_samples` draws `(B, num_samples, D)` by tempered SMC
         (:func:`~sbi_alfi.samplers.smc.smc`) from the prior to the posterior
         of the current x (`B = 1`) or of each of `x_batch`, every particle of
-        every observation in one batch; its diagnostics and evidence check
-        (for one observation each, not for i.i.d. rows) in `diagnostics`."""
+        every observation in one batch. Each observation's particles temper in
+        `SMC_ISLANDS` independent islands, so the spread of the islands' means
+        measures the run's own error (:func:`~sbi_alfi.diagnostics.check_chains`
+        with each island a chain); its diagnostics and evidence check (for one
+        observation each, not for i.i.d. rows) in `diagnostics`."""
         batch = 1 if x_batch is None else len(x_batch)
         options = dict(self.kernel_kwargs)
+        islands = SMC_ISLANDS
         n = max(num_samples, options.pop("num_particles", SMC_MIN_PARTICLES))
+        n = islands * math.ceil(n / islands)
         x_chains = None if x_batch is None else x_batch.repeat_interleave(n, dim=0)
         log_prior, log_ratio = self._target_parts(x_chains, n if batch > 1 else 0)
         theta_0 = self.prior.sample((batch * n,)).to(self._device)
@@ -725,40 +734,57 @@ class RatioMCMCPosterior(CheckedPosterior):
             log_prior,
             log_ratio,
             z_0,
-            num_groups=batch,
+            num_groups=batch * islands,  # observation-major, as x_chains
             show_progress_bar=show,
             **options,
         )
         particles = self.theta_transform.inv(result.position).detach()
-        particles = particles.reshape(batch, n, -1)
-        # Resampling leaves copies of a parent next to each other: a random
-        # subset, not the first rows, when fewer draws are asked for.
-        keep = torch.rand(batch, n, device=particles.device).argsort(-1)
-        particles = particles.gather(1, keep[..., None].expand_as(particles))
-        self.chains = particles[..., None, :]  # each particle a chain of 1 draw
-        if x_batch is None:
-            self.chains = self.chains[0]
+        particles = particles.reshape(batch, islands, n // islands, -1)
+        # Resampling leaves copies of a parent next to each other: each island's
+        # particles in random order, and the draws taken across the islands.
+        keep = torch.rand(particles.shape[:-1], device=particles.device).argsort(-1)
+        particles = particles.gather(2, keep[..., None].expand_as(particles))
+        chains = particles.permute(1, 2, 0, 3)  # (islands, N / islands, B, D)
+        check = check_chains(chains)
+        self.chains = particles if x_batch is not None else particles[0]
+
+        def per_x(value: Tensor) -> Tensor:
+            return value.reshape(batch, islands)
+
+        # The islands' evidence estimates are unbiased: their mean is one.
+        log_evidence = per_x(result.log_evidence).logsumexp(-1) - math.log(islands)
         self.diagnostics = {
-            "log_evidence": result.log_evidence,
-            "num_temperatures": result.num_steps,
-            "acceptance_rate": result.acceptance_rate,
-            "min_ess": result.min_ess,
+            "nested_r_hat": check.nested_r_hat,
+            "nested_ess": check.nested_ess,
+            "log_evidence": log_evidence,
+            "num_temperatures": per_x(result.num_steps).amax(-1),
+            "acceptance_rate": per_x(result.acceptance_rate).mean(-1),
+            "min_ess": per_x(result.min_ess).amin(-1),
             "num_moves": torch.tensor(result.num_moves),
         }
+        if check.problems:
+            warnings.warn(
+                "SMC's islands disagree: "
+                + "; ".join(check.problems)
+                + ". Consider more particles (kernel_kwargs={'num_particles': ...}) "
+                "or a higher target_ess.",
+                stacklevel=3,
+            )
         bound = math.log(EVIDENCE_FACTOR)
-        off = result.log_evidence.abs() > bound
+        off = log_evidence.abs() > bound
         if (x_batch is not None or x_single) and off.any():
             b = int(off.nonzero()[0, 0])
             warnings.warn(
                 f"SMC's evidence E_prior[r(x|theta)] is "
-                f"{result.log_evidence[b].exp().item():.3g} for observation {b} "
+                f"{log_evidence[b].exp().item():.3g} for observation {b} "
                 f"({int(off.sum())} of {batch} beyond a factor {EVIDENCE_FACTOR} "
                 "of 1): a correct ratio integrates to 1 over the prior, so the "
                 "estimator is off for these observations (overconfident or "
                 "misspecified). Check it with `ratio_normalization`.",
                 stacklevel=3,
             )
-        return particles[:, :num_samples]
+        draws = particles.transpose(1, 2).reshape(batch, n, -1)  # islands in turn
+        return draws[:, :num_samples]
 
     def _run_pyro(
         self, run: _Settings, z_0: Tensor, per_chain: int, show: bool
