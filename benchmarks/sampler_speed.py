@@ -40,13 +40,12 @@ import torch
 from sbi.inference import MCMCPosterior, ratio_estimator_based_potential
 from sbi.utils.metrics import c2st
 from torch import Tensor
-from torch.distributions import MultivariateNormal
 
 from sbi_alfi import AALR, RatioMCMCPosterior
 from sbi_alfi.aalr.posterior import SUPERCHAIN_SIZE
 from sbi_alfi.benchmark import make_task
 from sbi_alfi.diagnostics import convergence, nested_ess
-from sbi_alfi.samplers import importance_resample
+from sbi_alfi.samplers import DefensiveProposal, importance_resample
 
 RESULTS = Path(__file__).parent / "results" / "sampler_speed"
 TASKS = ["gaussian_linear", "slcp", "sbibm_two_moons", "sbibm_slcp"]
@@ -54,32 +53,12 @@ OURS = ["hmc_vectorized", "mh_vectorized", "smc_vectorized", "hmc_pyro", "nuts_p
 SBI = {"slice_np_vectorized": {}, "nuts_pyro": {"num_chains": 4}}
 
 
-class Defensive:
-    r"""Half the prior, half a Gaussian: importance weights stay bounded where
-    the Gaussian misses a mode (Hesterberg, 1995)."""
-
-    def __init__(self, prior, gaussian: MultivariateNormal):
-        self.prior, self.gaussian = prior, gaussian
-
-    def sample(self, shape: tuple[int]) -> Tensor:
-        n = shape[0]
-        return torch.cat(
-            [self.prior.sample((n // 2,)), self.gaussian.sample((n - n // 2,))]
-        )[torch.randperm(n)]
-
-    def log_prob(self, theta: Tensor) -> Tensor:
-        both = torch.stack([self.prior.log_prob(theta), self.gaussian.log_prob(theta)])
-        return both.logsumexp(0) - math.log(2)
-
-
 def network_reference(estimator, prior, x_o, num_samples):
     """Exact draws of the network's posterior, and the weights' ESS."""
     posterior = RatioMCMCPosterior(
         estimator, prior, "smc_vectorized", show_progress_bars=False
     )
-    pilot = posterior.sample((4_000,), x=x_o).detach()
-    cov = torch.cov(pilot.T) + 1e-6 * torch.eye(pilot.shape[-1])
-    proposal = Defensive(prior, MultivariateNormal(pilot.mean(0), 4 * cov))
+    proposal = DefensiveProposal(prior, posterior.sample((4_000,), x=x_o))
 
     def log_density(theta):
         return posterior.potential(theta, x=x_o, track_gradients=False)

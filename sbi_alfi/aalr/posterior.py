@@ -114,13 +114,19 @@ class RatioMCMCPosterior(CheckedPosterior):
     and `"nuts_pyro"` run Pyro's own kernels chain after chain, with their
     options exposed. After a run,
     `chains` holds the draws with their chain dimension and `diagnostics` the
-    split R-hat and bulk ESS per parameter and the kernels' statistics per chain;
-    a run with R-hat above 1.01, fewer effective draws than asked for, or
-    divergences warns. A potential that is NaN (or :math:`+\infty`) inside the
-    prior's support raises a :class:`ValueError` naming the chain and
-    :math:`\theta`, whatever the method: it is a broken estimator, not a
-    rejection. (Only a diverging trajectory's overflow, beyond `Z_FAR` in the
-    unconstrained space, counts as zero density.)
+    convergence statistics per parameter and the kernels' statistics per chain.
+    The vectorized chains start in superchains of `SUPERCHAIN_SIZE` that share
+    a resampled point, so nested :math:`\hat R` (Margossian et al., 2024) can
+    tell chains that forgot their start from chains that did not, and reads
+    many 10-draw chains as what they are: a run whose effective draws
+    :math:`K / (\widehat{\mathfrak n R}^2 - 1)` over its :math:`K` superchains
+    (SMC: over its islands; Pyro's few long chains: split :math:`\hat R` and
+    bulk ESS) are fewer than a tenth of its draws, or with divergences, warns
+    (:func:`~sbi_alfi.diagnostics.check_chains`). A potential that is NaN (or
+    :math:`+\infty`) inside the prior's support raises a :class:`ValueError`
+    naming the chain and :math:`\theta`, whatever the method: it is a broken
+    estimator, not a rejection. (Only a diverging trajectory's overflow,
+    beyond `Z_FAR` in the unconstrained space, counts as zero density.)
 
     The calls of `sbi`'s `MCMCPosterior` work as they are: `sample` and
     `sample_batched` take its per-call overrides (`method`, `num_chains`,

@@ -5,13 +5,14 @@ warmup adaptation, kept apart as in blackjax; :func:`smc` tempers particles from
 the prior to the posterior with those steps as its moves."""
 
 from .hmc import VectorizedHMC, hmc_step
-from .importance import importance_resample, systematic_resample
+from .importance import DefensiveProposal, importance_resample, systematic_resample
 from .mh import VectorizedMH, independence_step, random_walk_step
 from .smc import SMCResult, smc, tempered_step
 from .state import ChainState, init_state
 
 __all__ = [
     "ChainState",
+    "DefensiveProposal",
     "SMCResult",
     "VectorizedHMC",
     "VectorizedMH",
