@@ -63,8 +63,10 @@ def network_reference(estimator, prior, x_o, num_samples):
     def log_density(theta):
         return posterior.potential(theta, x=x_o, track_gradients=False)
 
+    # 200 proposals per draw left SLCP's 4 peaked modes an ESS of 7,997 for
+    # 2,000 draws; 1,000 per draw.
     return importance_resample(
-        log_density, proposal, num_samples, num_proposals=200 * num_samples
+        log_density, proposal, num_samples, num_proposals=1_000 * num_samples
     )
 
 
@@ -257,7 +259,15 @@ def main() -> None:
     args = parser.parse_args()
     args.output.mkdir(parents=True, exist_ok=True)
     warnings.simplefilter("ignore")
-    rows = []
+    rows = []  # a rerun keeps the other tasks' rows
+    if (args.output / "results.csv").exists():
+        with open(args.output / "results.csv") as file:
+            for row in csv.DictReader(file):
+                if row["task"] not in args.tasks:
+                    rows.append(
+                        {k: v if k in ("task", "library", "method") else float(v)
+                         for k, v in row.items()}
+                    )  # fmt: skip
     for name in args.tasks:
         rows += measure(name, args)
         write(rows, args.output, args)
