@@ -342,6 +342,7 @@ def test_a_short_run_warns_with_the_numbers(figure):
     posterior = RatioMCMCPosterior(
         ExactRatio(),
         prior_of("box"),
+        method="hmc_vectorized",
         num_chains=10,
         warmup_steps=0,
         init_strategy="prior",
@@ -643,6 +644,7 @@ def test_sample_batched_runs_every_observation_at_once(figure):
     posterior = RatioMCMCPosterior(
         CountingRatio(),
         prior_of("gaussian"),
+        method="hmc_vectorized",
         num_chains=50,
         warmup_steps=150,
         show_progress_bars=False,
@@ -850,10 +852,17 @@ def test_a_nan_potential_raises_for_every_method(method):
 
 def test_a_nan_potential_names_the_observation_in_sample_batched():
     posterior = RatioMCMCPosterior(
-        NaNRatio(), prior_of("box"), num_chains=4, show_progress_bars=False
+        NaNRatio(), prior_of("box"), "hmc_vectorized", 4, show_progress_bars=False
     )
     x = torch.tensor([[-2.0, 0.0], [2.3, -0.9]])  # only the second meets the NaN
     with pytest.raises(ValueError, match=r"at chain \d of observation 1 "):
+        posterior.sample_batched((50,), x=x)
+    # SMC's particles (the default's) start from the prior: every observation's
+    # meet the NaN, each particle named as a chain.
+    posterior.set_mcmc_method("smc_vectorized")
+    with pytest.raises(
+        ValueError, match=r"at chain \d+ of observation \d \(\d+ of 8000"
+    ):
         posterior.sample_batched((50,), x=x)
 
 
@@ -862,13 +871,21 @@ def test_an_estimator_nan_everywhere_says_so():
         return torch.full(theta.shape[:-1], torch.nan)
 
     posterior = RatioMCMCPosterior(
-        nan_ratio, prior_of("box"), num_init_candidates=300, show_progress_bars=False
+        nan_ratio,
+        prior_of("box"),
+        "hmc_vectorized",
+        num_init_candidates=300,
+        show_progress_bars=False,
     )
     message = "The ratio estimator is NaN at every one of the 300 initial candidates"
     with pytest.raises(ValueError, match=message):
         posterior.sample((10,), x=X_O)
     with pytest.raises(ValueError, match=f"{message} \\(prior draws\\) of observation"):
         posterior.sample_batched((10,), x=X_O)
+    # SMC, the default, meets it at its first particle: no multinomial error.
+    posterior.set_mcmc_method("smc_vectorized")
+    with pytest.raises(ValueError, match=r"The potential is nan at chain 0 \("):
+        posterior.sample((10,), x=X_O)
 
 
 def test_a_plain_function_is_a_log_ratio():

@@ -199,7 +199,7 @@ class AALR(NRE_A):
         density_estimator: nn.Module | None = None,
         prior: Distribution | None = None,
         sample_with: Literal["mcmc", "rejection", "vi", "importance"] = "mcmc",
-        mcmc_method: Method | str = "hmc_vectorized",
+        mcmc_method: Method | str = "smc_vectorized",
         mcmc_parameters: dict[str, Any] | None = None,
         **kwargs: Any,
     ) -> NeuralPosterior:
@@ -214,7 +214,7 @@ class AALR(NRE_A):
             prior: The prior; the inference's when `None`.
             sample_with: `"mcmc"`, or `sbi`'s `"rejection"`, `"vi"`,
                 `"importance"`.
-            mcmc_method: One of `METHODS` (`"hmc_vectorized"` by default), or
+            mcmc_method: One of `METHODS` (`"smc_vectorized"` by default), or
                 one of `sbi`'s (`"slice_np_vectorized"`, ...).
             mcmc_parameters: Arguments of :class:`RatioMCMCPosterior`
                 (`num_chains`, `warmup_steps`, `thin`, `init_strategy`,

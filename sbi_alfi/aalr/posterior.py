@@ -103,16 +103,18 @@ class RatioMCMCPosterior(CheckedPosterior):
     no proposal falls outside the prior's support. The evidence cancels in every
     acceptance ratio (Hermans et al., 2020).
 
-    Methods: `"hmc_vectorized"` (default) and `"mh_vectorized"` step all chains as
-    one batch (:mod:`sbi_alfi.samplers`); `"smc_vectorized"` tempers particles
-    from the prior to the posterior (:func:`~sbi_alfi.samplers.smc.smc`), so
-    resampling, not the initialization, weighs the modes of a multimodal
-    posterior, and checks the ratio's normalization: its evidence estimate
+    Methods: `"smc_vectorized"` (default) tempers particles from the prior to
+    the posterior (:func:`~sbi_alfi.samplers.smc.smc`), so resampling, not the
+    initialization, weighs the modes of a multimodal posterior (it was chosen
+    by effective draws per second on 4 tasks, `benchmarks/sampler_speed.py`:
+    HMC's chains stuck in SLCP's modes, with 59 leapfrog steps a transition),
+    and checks the ratio's normalization: its evidence estimate
     :math:`\mathbb{E}_{p(\theta)}[\hat r(x \mid \theta)]` is 1 for a correct
     ratio, and a run beyond a factor of 2 warns (for one observation; with
-    i.i.d. rows the product of ratios need not integrate to 1); `"hmc_pyro"`
-    and `"nuts_pyro"` run Pyro's own kernels chain after chain, with their
-    options exposed. After a run,
+    i.i.d. rows the product of ratios need not integrate to 1);
+    `"hmc_vectorized"` and `"mh_vectorized"` step all chains as one batch
+    (:mod:`sbi_alfi.samplers`); `"hmc_pyro"` and `"nuts_pyro"` run Pyro's own
+    kernels chain after chain, with their options exposed. After a run,
     `chains` holds the draws with their chain dimension and `diagnostics` the
     convergence statistics per parameter and the kernels' statistics per chain.
     The vectorized chains start in superchains of `SUPERCHAIN_SIZE` that share
@@ -189,9 +191,14 @@ class RatioMCMCPosterior(CheckedPosterior):
         ...     def forward(self, theta, x):
         ...         return -0.5 * (x - theta).square().sum(-1)
         >>> prior = BoxUniform(-3 * torch.ones(2), 3 * torch.ones(2))
-        >>> posterior = RatioMCMCPosterior(ExactRatio(), prior, num_chains=20,
-        ...                                warmup_steps=50, show_progress_bars=False)
+        >>> posterior = RatioMCMCPosterior(ExactRatio(), prior,
+        ...                                show_progress_bars=False)
         >>> posterior.sample((2000,), x=torch.zeros(1, 2)).shape
+        torch.Size([2000, 2])
+        >>> posterior.chains.shape  # SMC: (islands, particles per island, D)
+        torch.Size([10, 400, 2])
+        >>> posterior.sample((2000,), x=torch.zeros(1, 2), method="hmc_vectorized",
+        ...                  num_chains=20, warmup_steps=50).shape
         torch.Size([2000, 2])
         >>> posterior.chains.shape  # (chains, draws per chain, D)
         torch.Size([20, 100, 2])
@@ -201,7 +208,7 @@ class RatioMCMCPosterior(CheckedPosterior):
         self,
         estimator: nn.Module | Callable[[Tensor, Tensor], Tensor],
         prior: Distribution,
-        method: Method = "hmc_vectorized",
+        method: Method = "smc_vectorized",
         num_chains: int | None = None,
         warmup_steps: int = 200,
         thin: int | None = None,

@@ -283,7 +283,7 @@ class VectorizedHMC(VectorizedKernel):
         if self._windows:
             self._moments.update(self.state.position)
             if t in self._windows:
-                cov = self._moments.covariance()
+                cov = self._moments.within_covariance()
                 self._center = self._moments.chain_means()
                 self.inverse_mass = (
                     cov if self.mass_matrix == "dense" else cov.diagonal(0, -2, -1)
