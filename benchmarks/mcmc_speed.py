@@ -200,7 +200,12 @@ def main() -> None:
     batch_x = prior.sample((20,))
     batch_x = batch_x + NOISE * torch.randn_like(batch_x)
     posterior = RatioMCMCPosterior(
-        estimator, prior, num_chains=100, warmup_steps=200, show_progress_bars=False
+        estimator,
+        prior,
+        "hmc_vectorized",
+        num_chains=100,
+        warmup_steps=200,
+        show_progress_bars=False,
     )
     start = time.perf_counter()
     posterior.sample_batched((1_000,), batch_x)
