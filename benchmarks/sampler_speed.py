@@ -209,7 +209,7 @@ def write(rows: list[dict], output: Path, args) -> None:
         for r in task_rows:
             lines.append(
                 f"| {r['library']} | {r['method']} | {r['seconds']:.1f} | "
-                f"{r['starts']} | {r['ess']:.0f} | {r['ess_per_second']:.1f} | "
+                f"{int(r['starts'])} | {r['ess']:.0f} | {r['ess_per_second']:.1f} | "
                 f"{r['x_slice']:.2f} | {_blank(r['bulk_ess'], '.0f')} | "
                 f"{_blank(r['leapfrog'], '.1f')} | {r['c2st']:.3f} |"
             )
