@@ -81,8 +81,10 @@ class PooledMoments:
 
         It is what Stan adapts a chain's metric to, pooled: chains that sit in
         different modes do not inflate it with the distance between the modes
-        (on SLCP's four modes, the pooled covariance made HMC's steps a tenth
-        of the modes' scale and its transitions 59 leapfrog steps long).
+        (on SLCP's four modes, HMC's adapted step size was 0.054 with the
+        pooled covariance and 0.117 with this one; ChEES then lengthened the
+        trajectories, so a transition still took about 60 leapfrog steps).
+        It keeps a `(D, D)` sum per chain.
         """
         t = self.steps
         mean = self.chain_sum / t
