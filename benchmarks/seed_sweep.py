@@ -106,7 +106,10 @@ def tabulate(rows: list[dict]) -> list[dict]:
         passing = [v <= bound if op == "<=" else v >= bound for v in values]
         worst = max(values) if op == "<=" else min(values)
         median = statistics.median(values)
-        sd = statistics.stdev(values) if len(values) > 1 else math.nan
+        # A planted defect can give an infinite figure (nested R-hat of chains
+        # that never moved): the spread is that of the finite ones.
+        finite = [v for v in values if math.isfinite(v)]
+        sd = statistics.stdev(finite) if len(finite) > 1 else math.nan
         margin = bound - worst if op == "<=" else worst - bound
         distance = bound - median if op == "<=" else median - bound
         table.append(
