@@ -125,9 +125,8 @@ def alfi_weinberg(output: Path, quick: bool = False) -> tuple[list[Path], str]:
 
 
 # `network_proposals`: importance proposals for exact draws of the network's
-# posterior; on SLCP's four narrow modes 400,000 left a weights' ESS of 7,997
-# for 2,000 draws (benchmarks/sampler_speed.py) and 5 million 15,870 here,
-# under the 10x required.
+# posterior; on SLCP's four narrow modes 400,000 and 5 million left the
+# weights' ESS under the 10x the draws that `importance_resample` requires.
 AALR_BUDGET = {
     "full": {
         "num_simulations": 20_000,

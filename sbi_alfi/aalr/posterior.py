@@ -46,9 +46,9 @@ NUM_CHAINS = 100
 NUM_CHAINS_PYRO = 4
 # The fewest draws each chain of a vectorized method keeps, however few are
 # asked for: 10 steps after 200 of warmup cost 5 % more and give nested R-hat
-# chains it can read (with 1 draw each, chains stuck in two modes were judged
-# 19 effective draws of 100, no warning); the draws returned are spread over
-# the chains.
+# chains it can read (with 1 draw each, a chain's spread is one draw's and
+# chains stuck in two modes escaped the warning); the draws returned are spread
+# over the chains.
 MIN_DRAWS_PER_CHAIN = 10
 # The default thinning of random-walk Metropolis-Hastings.
 MH_THIN = 20
@@ -66,8 +66,8 @@ SUPERCHAIN_SIZE = 2
 # at once in `sample_batched`.
 INIT_ROWS_PER_CALL = 500_000
 # SMC's fewest particles per observation, whatever the draws asked for: with
-# 4,000, four unequal modes' shares came within 0.046 of their weights over 20
-# seeds (benchmarks/results/seeds-smc).
+# 4,000, four unequal modes' shares in 2,000 draws came within 0.031 of their
+# weights over 20 seeds (benchmarks/results/seeds-nested).
 SMC_MIN_PARTICLES = 4_000
 # SMC tempers each observation's particles in this many independent islands:
 # the spread of their means is the run's own error, read as nested R-hat reads

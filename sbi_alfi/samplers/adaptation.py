@@ -80,10 +80,9 @@ class PooledMoments:
         averaged over each group's chains, shrunk as :meth:`covariance`.
 
         It is what Stan adapts a chain's metric to, pooled: chains that sit in
-        different modes do not inflate it with the distance between the modes
-        (on SLCP's four modes, HMC's adapted step size was 0.054 with the
-        pooled covariance and 0.117 with this one; ChEES then lengthened the
-        trajectories, so a transition still took about 60 leapfrog steps).
+        different modes do not inflate it with the distance between the modes,
+        which shrinks the step size. (ChEES may still lengthen the
+        trajectories of chains stuck in separate modes: on SLCP it did.)
         It keeps a `(D, D)` sum per chain.
         """
         t = self.steps
