@@ -10,6 +10,7 @@ one chain's, so the warmup can be short.
 from __future__ import annotations
 
 import math
+from typing import Literal
 
 import torch
 from pyro.ops.dual_averaging import DualAveraging
@@ -19,6 +20,7 @@ __all__ = [
     "PooledMoments",
     "StepSizeAdaptation",
     "TrajectoryLengthAdaptation",
+    "WindowedAdaptation",
     "chees_gradient",
     "group_mean",
     "warmup_windows",
@@ -129,6 +131,80 @@ class StepSizeAdaptation:
     def final(self) -> Tensor:
         _, log_step_size_avg = self.scheme.get_state()
         return log_step_size_avg.exp()
+
+
+class WindowedAdaptation:
+    r"""The warmup both vectorized kernels share: a step size (or a
+    random-walk scale) per group, tuned by dual averaging of the group's mean
+    acceptance probability (:class:`StepSizeAdaptation`), and a covariance per
+    group, estimated from the positions in Stan's windows
+    (:func:`warmup_windows`) with :class:`PooledMoments`. When a window closes
+    the step size's adaptation restarts, since the metric it was tuned to has
+    changed; at the end of the warmup the step size is the dual average.
+
+    Arguments:
+        step_size: The initial step sizes, `(G,)`.
+        target_accept: The mean acceptance probability aimed for.
+        warmup_steps: The warmup's length.
+        covariance: `"pooled"` (positions pooled over a group's chains),
+            `"within"` (each chain about its own mean, pooled: chains in
+            different modes do not inflate it) or `None` (not adapted).
+        adapt_step_size: Whether the step size is tuned.
+        restart_step_size: The step size a window's close restarts from;
+            the current one when `None`.
+    """
+
+    def __init__(
+        self,
+        step_size: Tensor,
+        target_accept: float,
+        warmup_steps: int,
+        covariance: Literal["pooled", "within"] | None = "pooled",
+        adapt_step_size: bool = True,
+        restart_step_size: float | None = None,
+    ):
+        self.step_size = step_size
+        self.step = StepSizeAdaptation(step_size, target_accept)
+        self.warmup_steps = warmup_steps
+        self.covariance = covariance
+        self.adapt_step_size = adapt_step_size
+        self.restart_step_size = restart_step_size
+        self.windows = warmup_windows(warmup_steps) if covariance else []
+        self.moments: PooledMoments | None = None
+        self.center: Tensor | None = None  #: each chain's mean in the last window
+        self.t = 0
+
+    def update(self, position: Tensor, accept_prob: Tensor) -> Tensor | None:
+        r"""One warmup step, from the chains' new positions `(C, D)` and
+        acceptance probabilities `(C,)`; returns the new covariances
+        `(G, D, D)` when a window closes, else `None`."""
+        groups = len(self.step_size)
+        if self.adapt_step_size:
+            self.step_size = self.step.update(group_mean(accept_prob, groups))
+        self.t += 1
+        covariance = None
+        if self.windows:
+            if self.moments is None:
+                self.moments = PooledMoments(
+                    groups, position.shape[-1], position.dtype, position.device
+                )
+            self.moments.update(position)
+            if self.t in self.windows:
+                covariance = (
+                    self.moments.within_covariance()
+                    if self.covariance == "within"
+                    else self.moments.covariance()
+                )
+                self.center = self.moments.chain_means()
+                self.moments = None
+                if self.adapt_step_size:
+                    restart = self.step_size
+                    if self.restart_step_size is not None:
+                        restart = torch.full_like(restart, self.restart_step_size)
+                    self.step.restart(restart)
+        if self.t == self.warmup_steps and self.adapt_step_size:
+            self.step_size = self.step.final()
+        return covariance
 
 
 def chees_gradient(

@@ -41,6 +41,31 @@ class VectorizedKernel(MCMCKernel):
         self.transforms: dict = {}  # the chains already live where they are sampled
         self.state: ChainState | None = None
 
+    def _start(self, warmup_steps: int) -> None:
+        r"""Resets the transition count and the acceptance bookkeeping."""
+        num_chains = len(self._initial_position)
+        self._warmup_steps = warmup_steps
+        self._t = 0
+        self._accepted = self._initial_position.new_zeros(num_chains)
+        self._num_sampled = 0
+        self._last_accept_prob = self._initial_position.new_ones(num_chains)
+
+    def _count(self, accept_prob: Tensor) -> bool:
+        r"""Records a transition's acceptance probabilities `(C,)`; returns
+        whether it was a warmup transition (which the mean acceptance after
+        warmup leaves out)."""
+        self._last_accept_prob = accept_prob
+        warmup = self._t < self._warmup_steps
+        if not warmup:
+            self._accepted += accept_prob
+            self._num_sampled += 1
+        self._t += 1
+        return warmup
+
+    def acceptance_rate(self) -> Tensor:
+        r"""Each chain's mean acceptance probability after warmup, `(C,)`."""
+        return self._accepted / max(self._num_sampled, 1)
+
     def _per_chain(self, values: Tensor) -> Tensor:
         r"""Each group's value `(G, *)` repeated for its chains, `(C, *)`."""
         per_group = len(self._initial_position) // self.num_groups

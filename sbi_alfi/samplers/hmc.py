@@ -5,19 +5,18 @@ from __future__ import annotations
 from typing import Literal, NamedTuple
 
 import torch
-from pyro.ops.integrator import velocity_verlet
 from torch import Tensor
 
+from .accept import metropolis_accept
 from .adaptation import (
-    PooledMoments,
-    StepSizeAdaptation,
     TrajectoryLengthAdaptation,
+    WindowedAdaptation,
     chees_gradient,
-    group_mean,
-    warmup_windows,
 )
 from .base import VectorizedKernel
-from .state import ChainState, LogDensity, checked, init_state
+from .integrator import leapfrog
+from .metric import EuclideanMetric
+from .state import ChainState, LogDensity, init_state
 
 __all__ = ["HMCInfo", "VectorizedHMC", "hmc_step"]
 
@@ -41,13 +40,13 @@ def hmc_step(
     num_steps: Tensor,
     inverse_mass: Tensor,
 ) -> tuple[ChainState, HMCInfo]:
-    r"""One HMC transition of every chain: momenta :math:`r \sim \mathcal{N}(0,
-    M)`, `num_steps[c]` leapfrog steps of size `step_size[c]` by Pyro's velocity
-    Verlet integrator, then a per-chain accept/reject on the energy
-    :math:`H = -\log p(\theta) + \frac12 r^\top M^{-1} r`.
-
-    Chains with fewer steps than the longest stand still for the rest (their step
-    size becomes 0), so every chain is one row of the same batched calls.
+    r"""One HMC transition of every chain, built as blackjax builds its kernels
+    from three parts: fresh momenta :math:`r \sim \mathcal{N}(0, M)` from the
+    metric (:class:`~sbi_alfi.samplers.metric.EuclideanMetric`), `num_steps[c]`
+    leapfrog steps of size `step_size[c]`
+    (:func:`~sbi_alfi.samplers.integrator.leapfrog`), and a per-chain
+    Metropolis accept (:func:`~sbi_alfi.samplers.accept.metropolis_accept`) on
+    the energy :math:`H = -\log p(\theta) + \frac12 r^\top M^{-1} r`.
 
     Arguments:
         state: The chains' state, with gradients.
@@ -61,62 +60,20 @@ def hmc_step(
         The new state and the transition's :class:`HMCInfo` (divergent
         trajectories are rejected).
     """
-    dense = inverse_mass.dim() == 3
-    eps = torch.randn_like(state.position)
-    if dense:  # r = L^{-T} eps with M^{-1} = L L^T has covariance M
-        scale_tril = torch.linalg.cholesky(inverse_mass)
-        momentum = torch.linalg.solve_triangular(
-            scale_tril.mT, eps[..., None], upper=True
-        )[..., 0]
-    else:
-        momentum = eps / inverse_mass.sqrt()
-
-    def kinetic_grad(r: dict[str, Tensor]) -> dict[str, Tensor]:
-        v = r["theta"]
-        return {
-            "theta": (inverse_mass @ v[..., None])[..., 0]
-            if dense
-            else v * inverse_mass
-        }
-
-    def kinetic(v: Tensor) -> Tensor:
-        return 0.5 * (v * kinetic_grad({"theta": v})["theta"]).sum(-1)
-
-    last: dict[str, Tensor] = {}
-
-    def potential(z: dict[str, Tensor]) -> Tensor:
-        # A diverging trajectory can leave the reals; its density is zero (the
-        # chain is rejected) and the log-density never sees it. At a finite
-        # position, NaN is a broken potential, as in every kernel: it raises.
-        position = z["theta"]
-        finite = torch.isfinite(position).all(-1)
-        value = checked(log_density, torch.where(finite[:, None], position, 0.0))
-        last["log_density"] = torch.where(finite, value, -torch.inf)
-        # The chains are independent: the gradient of the sum is each one's own.
-        return -last["log_density"].sum()
-
-    z, r, grads = {"theta": state.position}, {"theta": momentum}, {"theta": -state.grad}
-    last["log_density"] = state.log_density
-    for k in range(int(num_steps.max())):
-        moving = torch.where(num_steps > k, step_size, 0.0)
-        z, r, grads, _ = velocity_verlet(
-            z, r, potential, kinetic_grad, moving[:, None], 1, grads
-        )
-    proposal = z["theta"].detach()
-    new_log_density = last["log_density"].detach()
-    energy_old = -state.log_density + kinetic(momentum)
-    energy_new = -new_log_density + kinetic(r["theta"])
+    metric = EuclideanMetric(inverse_mass)
+    momentum = metric.momentum(state.position)
+    end, end_momentum = leapfrog(
+        state, momentum, log_density, metric, step_size, num_steps
+    )
+    energy_old = -state.log_density + metric.kinetic_energy(momentum)
+    energy_new = -end.log_density + metric.kinetic_energy(end_momentum)
     delta = energy_new - energy_old
     divergent = ~torch.isfinite(delta) | (delta > MAX_ENERGY_ERROR)
-    log_alpha = torch.where(divergent, -torch.inf, -delta)
-    accept = torch.rand_like(log_alpha).log() < log_alpha
-    new = ChainState(
-        torch.where(accept[:, None], proposal, state.position),
-        torch.where(accept, new_log_density, state.log_density),
-        torch.where(accept[:, None], -grads["theta"].detach(), state.grad),
+    new, accept_prob = metropolis_accept(
+        state, end, torch.where(divergent, -torch.inf, -delta)
     )
-    velocity = kinetic_grad({"theta": r["theta"].detach()})["theta"]
-    return new, HMCInfo(log_alpha.clamp(max=0).exp(), divergent, proposal, velocity)
+    velocity = metric.velocity(end_momentum)
+    return new, HMCInfo(accept_prob, divergent, end.position, velocity)
 
 
 class VectorizedHMC(VectorizedKernel):
@@ -213,31 +170,30 @@ class VectorizedHMC(VectorizedKernel):
         num_chains, dim = position.shape
         groups = self.num_groups
         self.state = init_state(self.log_density, position, grad=True)
-        self._warmup_steps = warmup_steps
-        self._windows = (
-            warmup_windows(warmup_steps) if self.mass_matrix != "identity" else []
-        )
-        self._t = 0
+        self._start(warmup_steps)
         inverse_mass = position.new_ones(groups, dim)
         if self.mass_matrix == "dense":
             inverse_mass = torch.diag_embed(inverse_mass)
         self.inverse_mass = inverse_mass  # (G, D) or (G, D, D)
         self.step_size = position.new_full((groups,), self.initial_step_size)
-        self.step_adaptation = StepSizeAdaptation(self.step_size, self.target_accept)
+        self.adaptation = WindowedAdaptation(
+            self.step_size,
+            self.target_accept,
+            warmup_steps,
+            # Within chains: on a multimodal target the spread between the
+            # modes would shrink the step size.
+            covariance=None if self.mass_matrix == "identity" else "within",
+            adapt_step_size=self.adapt_step_size,
+        )
         self.trajectory_length = self.step_size * self.num_steps
         self.length_adaptation = TrajectoryLengthAdaptation(self.trajectory_length)
         # The jitter comes from torch's generator, so a seeded run repeats.
         seed = int(torch.randint(2**31, ()))
         self._sobol = torch.quasirandom.SobolEngine(1, scramble=True, seed=seed)
-        self._moments = PooledMoments(groups, dim, position.dtype, position.device)
-        self._center: Tensor | None = None  # each chain's mean in the last window
-        self._accepted = position.new_zeros(num_chains)
         self._divergences = torch.zeros(
             num_chains, dtype=torch.long, device=position.device
         )
         self._leapfrog_steps = 0
-        self._num_sampled = 0
-        self._last_accept_prob = position.new_ones(num_chains)
 
     def sample(self, params: dict[str, Tensor]) -> dict[str, Tensor]:
         u = 1 - self._sobol.draw(1).item()  # in (0, 1]
@@ -251,23 +207,14 @@ class VectorizedHMC(VectorizedKernel):
             self._per_chain(num_steps.long()),
             self._per_chain(self.inverse_mass),
         )
-        self._last_accept_prob = info.accept_prob
-        if self._t < self._warmup_steps:
+        if self._count(info.accept_prob):
             self._adapt(previous, info, self._per_chain(num_steps * self.step_size))
         else:
-            self._accepted += info.accept_prob
             self._divergences += info.divergent
             self._leapfrog_steps += int(num_steps.max())
-            self._num_sampled += 1
-        self._t += 1
         return {"theta": self.state.position}
 
     def _adapt(self, previous: ChainState, info: HMCInfo, length: Tensor) -> None:
-        groups = self.num_groups
-        if self.adapt_step_size:
-            self.step_size = self.step_adaptation.update(
-                group_mean(info.accept_prob, groups)
-            )
         if self.adapt_trajectory_length:
             gradient = chees_gradient(
                 previous.position,
@@ -275,30 +222,21 @@ class VectorizedHMC(VectorizedKernel):
                 info.velocity,
                 info.accept_prob,
                 length,
-                groups,
-                self._center,
+                self.num_groups,
+                self.adaptation.center,  # each chain's mean in the last window
             )
             self.trajectory_length = self.length_adaptation.update(gradient)
-        t = self._t + 1
-        if self._windows:
-            self._moments.update(self.state.position)
-            if t in self._windows:
-                cov = self._moments.within_covariance()
-                self._center = self._moments.chain_means()
-                self.inverse_mass = (
-                    cov if self.mass_matrix == "dense" else cov.diagonal(0, -2, -1)
-                )
-                self._moments = PooledMoments(
-                    groups, cov.shape[-1], cov.dtype, cov.device
-                )
-                if self.adapt_step_size:
-                    self.step_adaptation.restart(self.step_size)
-                self.length_adaptation.restart()
-        if t == self._warmup_steps:
-            if self.adapt_step_size:
-                self.step_size = self.step_adaptation.final()
-            if self.adapt_trajectory_length:
-                self.trajectory_length = self.length_adaptation.final()
+        covariance = self.adaptation.update(self.state.position, info.accept_prob)
+        self.step_size = self.adaptation.step_size
+        if covariance is not None:
+            self.inverse_mass = (
+                covariance
+                if self.mass_matrix == "dense"
+                else covariance.diagonal(0, -2, -1)
+            )
+            self.length_adaptation.restart()
+        if self.adaptation.t == self._warmup_steps and self.adapt_trajectory_length:
+            self.trajectory_length = self.length_adaptation.final()
 
     def logging(self) -> dict[str, float]:
         return {
@@ -312,7 +250,7 @@ class VectorizedHMC(VectorizedKernel):
         divergent transitions, the step size and the trajectory length; and the
         mean number of leapfrog steps per transition."""
         return {
-            "acceptance_rate": self._accepted / max(self._num_sampled, 1),
+            "acceptance_rate": self.acceptance_rate(),
             "divergences": self._divergences,
             "step_size": self._per_chain(self.step_size),
             "trajectory_length": self._per_chain(self.trajectory_length),

@@ -6,13 +6,8 @@ import torch
 from torch import Tensor
 from torch.distributions import Distribution
 
-from .adaptation import (
-    PooledMoments,
-    StepSizeAdaptation,
-    group_mean,
-    initial_scale,
-    warmup_windows,
-)
+from .accept import metropolis_accept
+from .adaptation import WindowedAdaptation, initial_scale
 from .base import VectorizedKernel
 from .state import ChainState, LogDensity, checked, init_state
 
@@ -34,8 +29,9 @@ def random_walk_step(
         The new state and the acceptance probabilities, `(C,)`.
     """
     eps = torch.randn_like(state.position)
-    proposal = state.position + scale[:, None] * (scale_tril @ eps[..., None])[..., 0]
-    return _accept(state, proposal, checked(log_density, proposal), 0.0)
+    position = state.position + scale[:, None] * (scale_tril @ eps[..., None])[..., 0]
+    proposal = ChainState(position, checked(log_density, position))
+    return metropolis_accept(state, proposal, proposal.log_density - state.log_density)
 
 
 @torch.no_grad()
@@ -47,20 +43,8 @@ def independence_step(
     {p(\theta) q(\theta')})`."""
     position = proposal.sample((len(state.position),))
     log_q = proposal.log_prob(position) - proposal.log_prob(state.position)
-    return _accept(state, position, checked(log_density, position), -log_q)
-
-
-def _accept(
-    state: ChainState, position: Tensor, log_density: Tensor, log_correction
-) -> tuple[ChainState, Tensor]:
-    log_alpha = log_density - state.log_density + log_correction
-    log_alpha = torch.nan_to_num(log_alpha, nan=-torch.inf)  # -inf to -inf: reject
-    accept = torch.rand_like(log_alpha).log() < log_alpha
-    new = ChainState(
-        torch.where(accept[:, None], position, state.position),
-        torch.where(accept, log_density, state.log_density),
-    )
-    return new, log_alpha.clamp(max=0).exp()
+    new = ChainState(position, checked(log_density, position))
+    return metropolis_accept(state, new, new.log_density - state.log_density - log_q)
 
 
 class VectorizedMH(VectorizedKernel):
@@ -117,20 +101,22 @@ class VectorizedMH(VectorizedKernel):
 
     def setup(self, warmup_steps: int, *args, **kwargs) -> None:
         position = self._initial_position
-        num_chains, dim = position.shape
-        groups = self.num_groups
+        dim = position.shape[-1]
         self.state = init_state(self.log_density, position)
-        self._warmup_steps = warmup_steps
-        self._windows = warmup_windows(warmup_steps)
-        self._t = 0
+        self._start(warmup_steps)
         eye = torch.eye(dim, dtype=position.dtype, device=position.device)
-        self.scale_tril = eye.expand(groups, dim, dim)
-        self.scale = position.new_full((groups,), initial_scale(dim))
-        self.adaptation = StepSizeAdaptation(self.scale, self.target_accept)
-        self._moments = PooledMoments(groups, dim, position.dtype, position.device)
-        self._accepted = position.new_zeros(num_chains)
-        self._num_sampled = 0
-        self._last_accept_prob = position.new_ones(num_chains)
+        self.scale_tril = eye.expand(self.num_groups, dim, dim)
+        self.scale = position.new_full((self.num_groups,), initial_scale(dim))
+        self.adaptation = WindowedAdaptation(
+            self.scale,
+            self.target_accept,
+            warmup_steps,
+            covariance="pooled",
+            adapt_step_size=self.proposal is None,
+            # The optimal scale is relative to the covariance: a new covariance
+            # restarts it from the optimum for a Gaussian.
+            restart_step_size=initial_scale(dim),
+        )
 
     def sample(self, params: dict[str, Tensor]) -> dict[str, Tensor]:
         if self.proposal is not None:
@@ -144,32 +130,12 @@ class VectorizedMH(VectorizedKernel):
                 self._per_chain(self.scale),
                 self._per_chain(self.scale_tril),
             )
-        self._last_accept_prob = accept_prob
-        if self._t < self._warmup_steps:
-            self._adapt(accept_prob)
-        else:
-            self._accepted += accept_prob
-            self._num_sampled += 1
-        self._t += 1
+        if self._count(accept_prob) and self.proposal is None:
+            covariance = self.adaptation.update(self.state.position, accept_prob)
+            self.scale = self.adaptation.step_size
+            if covariance is not None:
+                self.scale_tril = torch.linalg.cholesky(covariance)
         return {"theta": self.state.position}
-
-    def _adapt(self, accept_prob: Tensor) -> None:
-        if self.proposal is not None:
-            return
-        self.scale = self.adaptation.update(group_mean(accept_prob, self.num_groups))
-        self._moments.update(self.state.position)
-        t = self._t + 1
-        if t in self._windows:
-            cov = self._moments.covariance()
-            self.scale_tril = torch.linalg.cholesky(cov)
-            self._moments = PooledMoments(
-                self.num_groups, cov.shape[-1], cov.dtype, cov.device
-            )
-            self.adaptation.restart(
-                torch.full_like(self.scale, initial_scale(cov.shape[-1]))
-            )
-        if t == self._warmup_steps:
-            self.scale = self.adaptation.final()
 
     def logging(self) -> dict[str, float]:
         return {
@@ -180,6 +146,6 @@ class VectorizedMH(VectorizedKernel):
     def diagnostics(self) -> dict[str, Tensor]:
         r"""Per chain: the mean acceptance probability after warmup and the scale."""
         return {
-            "acceptance_rate": self._accepted / max(self._num_sampled, 1),
+            "acceptance_rate": self.acceptance_rate(),
             "step_size": self._per_chain(self.scale),
         }
