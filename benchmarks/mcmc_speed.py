@@ -1,20 +1,26 @@
-"""Effective samples per second of MCMC on one trained ratio network.
+"""Where the samplers' time goes on one trained ratio network per task.
 
-    python benchmarks/mcmc_speed.py [--num-samples 2000] [--output DIR]
+    python benchmarks/mcmc_speed.py [--tasks gaussian_linear slcp]
+        [--num-samples 2000] [--seed 0] [--output DIR]
 
-Trains AALR once on a 5-D Gaussian linear model (10,000 simulations), then samples
-the posterior of one x_o with sbi's MCMCPosterior (slice_np_vectorized, hmc_pyro,
-nuts_pyro) and with every RatioMCMCPosterior method, side by side: wall time, the
-minimum over parameters of the bulk ESS (pyro.ops.stats), ESS per second, and the
-C2ST of the draws against a long reference run on the same network. It also
-measures the cost of one batched network forward+backward pass (the limit of the
-vectorized samplers) and sample_batched on 20 observations against 20 sample calls.
-Writes a Markdown table and a plot to benchmarks/results/mcmc/.
+For each task (by default the 5-D Gaussian and SLCP with its 4 modes), AALR's
+default is trained once on 10,000 simulations; then the vectorized methods
+(hmc_vectorized, mh_vectorized and the default smc_vectorized) and sbi's
+slice_np_vectorized sample the posterior of the same x_o, each with the
+network wrapped so that its forward and backward passes are timed. Each row
+gives the wall time, the share of it spent in the network, the effective draws
+and their rate as `sampler_speed.py` reads them (K / (nested R-hat^2 - 1) over
+the K independent starts), and the C2ST against exact draws of the network's
+posterior. Last, sample_batched on 20 observations against 20 sample calls,
+with the default method. `sampler_speed.py` compares every method, Pyro's
+included, on 4 tasks; this page says what the time is spent on. Writes
+README.md, results.csv and a plot to benchmarks/results/mcmc/.
 """
 
 from __future__ import annotations
 
 import argparse
+import csv
 import platform
 import time
 import warnings
@@ -26,74 +32,24 @@ matplotlib.use("Agg")
 
 import matplotlib.pyplot as plt
 import torch
-from sbi.inference import MCMCPosterior, ratio_estimator_based_potential
-from sbi.utils import BoxUniform
+from sampler_speed import network_reference, run_ours, run_sbi
 from sbi.utils.metrics import c2st
-from torch.distributions import MultivariateNormal
 
 from sbi_alfi import AALR, RatioMCMCPosterior
-from sbi_alfi.diagnostics import convergence
-from sbi_alfi.samplers import importance_resample
+from sbi_alfi.benchmark import make_task
 
 RESULTS = Path(__file__).parent / "results" / "mcmc"
-DIM, NOISE = 5, 0.5
-
-
-def min_ess(chains: torch.Tensor) -> float:
-    """The smallest bulk ESS over parameters of chains `(C, S, D)`."""
-    return float(convergence(chains)[1].min())
-
-
-def run_ours(estimator, prior, x_o, method, num_samples, settings):
-    posterior = RatioMCMCPosterior(
-        estimator, prior, method=method, show_progress_bars=False, **settings
-    )
-    start = time.perf_counter()
-    samples = posterior.sample((num_samples,), x=x_o)
-    return samples, posterior.chains, time.perf_counter() - start
-
-
-def run_sbi(estimator, prior, x_o, method, num_samples, num_chains, warmup_steps):
-    potential, transform = ratio_estimator_based_potential(estimator, prior, x_o)
-    posterior = MCMCPosterior(
-        potential,
-        proposal=prior,
-        theta_transform=transform,
-        method=method,
-        num_chains=num_chains,
-        warmup_steps=warmup_steps,
-    )
-    start = time.perf_counter()
-    samples = posterior.sample((num_samples,), x=x_o, show_progress_bars=False)
-    seconds = time.perf_counter() - start
-    if method == "slice_np_vectorized":  # concatenated chain after chain
-        chains = samples.reshape(num_chains, -1, samples.shape[-1])
-    else:
-        chains = posterior._posterior_sampler.get_samples(group_by_chain=True)
-        chains = transform.inv(next(iter(chains.values())))
-    return samples, chains, seconds
-
-
-def network_reference(estimator, prior, x_o, num_samples):
-    """Draws of the network's own posterior that no chain's mixing can bias:
-    prior-weighted ratio over a Gaussian proposal fitted (and widened) to a pilot
-    run, resampled; the weights' ESS is checked to be large."""
-    posterior = RatioMCMCPosterior(estimator, prior, show_progress_bars=False)
-    pilot = posterior.sample((10 * num_samples,), x=x_o).detach()
-    proposal = MultivariateNormal(pilot.mean(0), 2 * torch.cov(pilot.T))
-
-    def log_density(theta):
-        return posterior.potential(theta, x=x_o, track_gradients=False)
-
-    draws, ess = importance_resample(
-        log_density, proposal, num_samples, num_proposals=200 * num_samples
-    )
-    return draws, ess
+TASKS = ["gaussian_linear", "slcp"]
+OURS = ["smc_vectorized", "hmc_vectorized", "mh_vectorized"]
+FIELDS = [
+    "task", "library", "method", "seconds", "network_share", "ess",
+    "ess_per_second", "x_slice", "c2st",
+]  # fmt: skip
 
 
 class TimedEstimator(torch.nn.Module):
-    """The estimator, timing its forward passes and, through a hook on its output,
-    the backward passes autograd runs through it."""
+    """The estimator, timing its forward passes and, through hooks on its output
+    and its input, the backward passes autograd runs through it."""
 
     def __init__(self, estimator):
         super().__init__()
@@ -104,9 +60,9 @@ class TimedEstimator(torch.nn.Module):
         start = time.perf_counter()
         out = self.estimator(theta, x)
         self.seconds += time.perf_counter() - start
-        if out.requires_grad:
+        if out.requires_grad and theta.requires_grad:
             out.register_hook(self._start_backward)
-            theta.register_hook(self._end_backward) if theta.requires_grad else None
+            theta.register_hook(self._end_backward)
         return out
 
     def _start_backward(self, grad):
@@ -118,95 +74,46 @@ class TimedEstimator(torch.nn.Module):
         return grad
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--num-samples", type=int, default=2_000)
-    parser.add_argument("--output", type=Path, default=RESULTS)
-    parser.add_argument("--seed", type=int, default=0)
-    args = parser.parse_args()
-    args.output.mkdir(parents=True, exist_ok=True)
-    warnings.simplefilter("ignore")
+def measure(name: str, args) -> tuple[list[dict], dict]:
+    task = make_task(name)
     torch.manual_seed(args.seed)
-
-    prior = BoxUniform(-3 * torch.ones(DIM), 3 * torch.ones(DIM))
-    theta = prior.sample((10_000,))
-    x = theta + NOISE * torch.randn_like(theta)
-    inference = AALR(prior, show_progress_bars=False)
+    _, x_o = task.observation(args.seed)
+    x_o = x_o[None]
+    theta = task.prior.sample((10_000,))
+    x = task.simulator(theta)
     start = time.perf_counter()
-    estimator = inference.append_simulations(theta, x).train()
-    training_seconds = time.perf_counter() - start
-    x_o = torch.full((1, DIM), 0.5)
-
-    n = args.num_samples
-    reference, reference_ess = network_reference(estimator, prior, x_o, n)
-    # The first sampling call in a process pays one-time set-up costs.
-    run_ours(estimator, prior, x_o, "hmc_vectorized", 100, {"num_chains": 10})
-
-    rows = []
-    ours = [
-        ("hmc_vectorized", {"num_chains": 100, "warmup_steps": 200}),
-        ("hmc_vectorized", {"num_chains": 100, "warmup_steps": 100}),
-        ("mh_vectorized", {"num_chains": 100, "warmup_steps": 300, "thin": 5}),
-        ("hmc_pyro", {"num_chains": 4, "warmup_steps": 200}),
-        ("nuts_pyro", {"num_chains": 4, "warmup_steps": 200}),
-    ]
-    for method, settings in ours:
-        samples, chains, seconds = run_ours(estimator, prior, x_o, method, n, settings)
-        label = ", ".join(f"{k.split('_')[-1]} {v}" for k, v in settings.items())
-        rows.append(
-            ("sbi-alfi", method, label, seconds, min_ess(chains), samples.detach())
-        )
-    for method, chains_, warmup in [
-        ("slice_np_vectorized", 20, 200),
-        ("hmc_pyro", 4, 200),
-        ("nuts_pyro", 4, 200),
-    ]:
-        samples, chains, seconds = run_sbi(
-            estimator, prior, x_o, method, n, chains_, warmup
-        )
-        label = f"chains {chains_}, steps {warmup}"
-        rows.append(("sbi", method, label, seconds, min_ess(chains), samples.detach()))
-
-    ess_rate = {(lib, m): ess / s for lib, m, _, s, ess, _ in rows[::-1]}
-    default = rows[0][4] / rows[0][3]
-    short = rows[1][4] / rows[1][3]
-    lines = [
-        "# MCMC speed on one ratio network",
-        "",
-        f"`python benchmarks/mcmc_speed.py` (seed {args.seed}) on {platform.machine()}"
-        f", {torch.get_num_threads()} threads, torch {torch.__version__}. AALR "
-        f"trained on a {DIM}-D Gaussian linear model (10,000 simulations, "
-        f"{training_seconds:.0f} s); {n} draws of the posterior of one x_o; C2ST "
-        "(MLP) against exact draws of the same network's posterior (importance "
-        "resampling of a Gaussian proposal fitted to a pilot run, weights' ESS "
-        f"{reference_ess:,.0f}).",
-        "",
-        "| library | method | settings (warmup steps) | wall s | min ESS | ESS/s | "
-        "× sbi nuts_pyro | × sbi slice_np_vectorized | C2ST |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
-    ]
-    for lib, method, label, seconds, ess, samples in rows:
-        rate = ess / seconds
-        lines.append(
-            f"| {lib} | {method} | {label} | {seconds:.1f} | {ess:.0f} | {rate:.1f} | "
-            f"{rate / ess_rate[('sbi', 'nuts_pyro')]:.1f} | "
-            f"{rate / ess_rate[('sbi', 'slice_np_vectorized')]:.2f} | "
-            f"{c2st(samples, reference, classifier='mlp').item():.3f} |"
-        )
-    timed = TimedEstimator(estimator)
-    _, _, seconds = run_ours(timed, prior, x_o, "hmc_vectorized", n, ours[0][1])
-    share = timed.seconds / seconds
-
-    batch_x = prior.sample((20,))
-    batch_x = batch_x + NOISE * torch.randn_like(batch_x)
-    posterior = RatioMCMCPosterior(
-        estimator,
-        prior,
-        "hmc_vectorized",
-        num_chains=100,
-        warmup_steps=200,
-        show_progress_bars=False,
+    estimator = (
+        AALR(task.prior, show_progress_bars=False).append_simulations(theta, x).train()
     )
+    train_seconds = time.perf_counter() - start
+    n = args.num_samples
+    reference, reference_ess = network_reference(estimator, task.prior, x_o, n)
+    # The first sampling call in a process pays one-time set-up costs.
+    run_ours(estimator, task.prior, x_o, "hmc_vectorized", 100)
+    rows = []
+    for library, method in [("sbi-alfi", m) for m in OURS] + [
+        ("sbi", "slice_np_vectorized")
+    ]:
+        timed = TimedEstimator(estimator)
+        if library == "sbi":
+            row = run_sbi(timed, task.prior, x_o, method, n, {})
+        else:
+            row = run_ours(timed, task.prior, x_o, method, n)
+        row["network_share"] = timed.seconds / row["seconds"]
+        rows.append({"task": name, "library": library, "method": method, **row})
+    slice_rate = rows[-1]["ess"] / rows[-1]["seconds"]
+    for row in rows:
+        samples = row.pop("samples")
+        row.update(
+            ess_per_second=row["ess"] / row["seconds"],
+            x_slice=row["ess"] / row["seconds"] / slice_rate,
+            c2st=float(c2st(samples, reference, classifier="mlp")),
+        )
+        print({k: row[k] for k in FIELDS}, flush=True)
+
+    # Many observations: one batch against one call each, the default method.
+    batch_x = task.simulator(task.prior.sample((20,)))
+    posterior = RatioMCMCPosterior(estimator, task.prior, show_progress_bars=False)
     start = time.perf_counter()
     posterior.sample_batched((1_000,), batch_x)
     batched = time.perf_counter() - start
@@ -214,38 +121,99 @@ def main() -> None:
     for x_b in batch_x:
         posterior.sample((1_000,), x=x_b[None])
     separate = time.perf_counter() - start
-    lines += [
-        "",
-        f"- The default (hmc_vectorized), with the same 200 warmup steps as sbi's "
-        f"samplers, reaches {default / ess_rate[('sbi', 'nuts_pyro')]:.0f}× sbi's "
-        f"nuts_pyro and {default / ess_rate[('sbi', 'slice_np_vectorized')]:.1f}× "
-        "sbi's slice_np_vectorized in ESS per second (targets: 20× and 3×); with "
-        f"100 warmup steps, {short / ess_rate[('sbi', 'nuts_pyro')]:.0f}× and "
-        f"{short / ess_rate[('sbi', 'slice_np_vectorized')]:.1f}×. Its warmup "
-        "pools 100 chains, so 100 steps adapt on 10,000 draws.",
-        f"- In a second default run ({seconds:.1f} s), the network's forward and "
-        f"backward passes took {100 * share:.0f} % of the wall time; the rest is "
-        "the transforms, Python, adaptation and Pyro's bookkeeping.",
-        f"- sample_batched on 20 observations: {batched:.1f} s; 20 sample calls: "
-        f"{separate:.1f} s ({separate / batched:.1f}× longer).",
-        "",
-        "![ESS per second](ess_per_second.png)",
-    ]
-    (args.output / "README.md").write_text("\n".join(lines) + "\n")
+    info = {
+        "train_seconds": train_seconds,
+        "reference_ess": float(reference_ess),
+        "batched": batched,
+        "separate": separate,
+    }
+    return rows, info
 
-    fig, ax = plt.subplots(figsize=(10, 4.5))
-    labels = [f"{lib}\n{m}\n{label}" for lib, m, label, *_ in rows]
-    ax.bar(
-        labels,
-        [ess / s for _, _, _, s, ess, _ in rows],
-        color=["C0" if lib == "sbi-alfi" else "C7" for lib, *_ in rows],
-    )
-    ax.set_yscale("log")
-    ax.set_ylabel("min bulk ESS per second")
-    ax.tick_params(axis="x", labelsize=6)
+
+def write(rows: list[dict], infos: dict, output: Path, args) -> None:
+    with open(output / "results.csv", "w", newline="") as file:
+        writer = csv.DictWriter(file, FIELDS)
+        writer.writeheader()
+        writer.writerows({k: row[k] for k in FIELDS} for row in rows)
+    lines = [
+        "# Where the samplers' time goes",
+        "",
+        f"`python benchmarks/mcmc_speed.py --seed {args.seed}` on "
+        f"{platform.machine()}, {torch.get_num_threads()} threads, torch "
+        f"{torch.__version__}: AALR's default trained on 10,000 simulations per "
+        f"task, {args.num_samples} draws of the posterior of the task's "
+        "observation by each method at its defaults, in turn, in one process. "
+        "Network: the share of the wall time in the network's forward and "
+        "backward passes. ESS: K / (nested R-hat² − 1) over the run's K "
+        "independent starts, the smallest over parameters, times the share of "
+        "the draws made that are returned, as in "
+        "[sampler_speed](../sampler_speed/README.md), which compares every "
+        "method, Pyro's included, on 4 tasks. C2ST: MLP, against exact draws of "
+        "the same network's posterior. × slice: ESS per second over sbi's "
+        "slice_np_vectorized's.",
+        "",
+    ]
+    for name, info in infos.items():
+        lines += [
+            f"## {name}",
+            "",
+            f"Training {info['train_seconds']:.0f} s; reference weights' ESS "
+            f"{info['reference_ess']:,.0f}.",
+            "",
+            "| library | method | wall s | network | ESS | ESS/s | × slice | C2ST |",
+            "| --- | --- | --- | --- | --- | --- | --- | --- |",
+        ]
+        for r in (r for r in rows if r["task"] == name):
+            lines.append(
+                f"| {r['library']} | {r['method']} | {r['seconds']:.2f} | "
+                f"{100 * r['network_share']:.0f} % | {r['ess']:.0f} | "
+                f"{r['ess_per_second']:.1f} | {r['x_slice']:.2f} | {r['c2st']:.3f} |"
+            )
+        lines += [
+            "",
+            f"sample_batched on 20 observations (1,000 draws each, the default "
+            f"method): {info['batched']:.1f} s; 20 sample calls: "
+            f"{info['separate']:.1f} s ({info['separate'] / info['batched']:.1f}× "
+            "longer).",
+            "",
+        ]
+    lines.append("![wall time and network share](time_share.png)")
+    notes = output / "notes.md"
+    if notes.exists():
+        lines += ["", notes.read_text().strip()]
+    (output / "README.md").write_text("\n".join(lines) + "\n")
+
+    fig, axes = plt.subplots(1, len(infos), figsize=(5 * len(infos), 4), squeeze=False)
+    for ax, name in zip(axes[0], infos, strict=True):
+        task_rows = [r for r in rows if r["task"] == name]
+        labels = [f"{r['library']}\n{r['method']}" for r in task_rows]
+        total = [r["seconds"] for r in task_rows]
+        network = [r["seconds"] * r["network_share"] for r in task_rows]
+        ax.bar(labels, total, color="C7", label="rest")
+        ax.bar(labels, network, color="C0", label="network passes")
+        ax.set_yscale("log")
+        ax.set_ylabel("wall seconds")
+        ax.set_title(name)
+        ax.tick_params(axis="x", labelsize=7)
+        ax.legend(fontsize=7)
     fig.tight_layout()
-    fig.savefig(args.output / "ess_per_second.png", dpi=120)
-    print("\n".join(lines))
+    fig.savefig(output / "time_share.png", dpi=120)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--tasks", nargs="+", default=TASKS)
+    parser.add_argument("--num-samples", type=int, default=2_000)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--output", type=Path, default=RESULTS)
+    args = parser.parse_args()
+    args.output.mkdir(parents=True, exist_ok=True)
+    warnings.simplefilter("ignore")
+    rows, infos = [], {}
+    for name in args.tasks:
+        task_rows, infos[name] = measure(name, args)
+        rows += task_rows
+        write(rows, infos, args.output, args)
 
 
 if __name__ == "__main__":

@@ -154,7 +154,7 @@ def test_unknown_task():
         make_task("lotka")
 
 
-# Pyro's kernels run their chains one after another: half a minute each.
+# Pyro's kernels run their chains in turn on 2 CPUs: half a minute each.
 POSTERIOR_METHODS = [
     pytest.param(method, marks=pytest.mark.slow) if "pyro" in method else method
     for method in METHODS

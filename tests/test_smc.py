@@ -166,6 +166,6 @@ def test_a_theta_rounded_onto_the_bound_is_zero_density_not_nan():
     posterior.set_default_x(torch.tensor([45.0, 1.0]))
     z = torch.tensor([[30.0, 0.0], [0.0, 0.0]])
     assert posterior.theta_transform.inv(z)[0, 0] == 50.0
-    _, ratio = posterior._target_parts()
-    assert ratio(z)[0] == -torch.inf and ratio(z)[1].isfinite()
+    target = posterior._target()
+    assert target.log_prior(z)[0] == -torch.inf and target.log_ratio(z).isfinite().all()
     assert posterior.log_density(z)[0] == -torch.inf

@@ -3,13 +3,14 @@ r"""MCMC on an amortized likelihood-to-evidence ratio."""
 from __future__ import annotations
 
 import math
+import pickle
 import warnings
 from collections.abc import Callable
-from typing import Any, Literal, NamedTuple
+from typing import Any, Literal, NamedTuple, get_args
 
 import torch
+import torch.multiprocessing as mp
 from pyro.infer import HMC, MCMC, NUTS
-from sbi.inference.potentials.ratio_based_potential import RatioBasedPotential
 from sbi.sbi_types import Shape
 from sbi.utils import mcmc_transform, process_prior
 from sbi.utils.torchutils import process_device
@@ -17,18 +18,18 @@ from torch import Tensor, nn
 from torch.distributions import Distribution
 
 from ..checked_posterior import CheckedPosterior, theta_dim
-from ..diagnostics import check_chains
+from ..diagnostics import check_chains, check_evidence, warn_problems
 from ..diagnostics.mcmc import MIN_SUPERCHAINS
-from ..samplers import VectorizedHMC, VectorizedMH, systematic_resample
+from ..samplers import VectorizedHMC, VectorizedMH, importance_resample
 from ..samplers.smc import smc
-from ..samplers.state import LogDensity
+from .target import FunctionRatio, PyroPotential, RatioPotential, Target, log_ratio
 
 __all__ = ["METHODS", "RatioMCMCPosterior"]
 
 Method = Literal[
     "hmc_vectorized", "mh_vectorized", "smc_vectorized", "hmc_pyro", "nuts_pyro"
 ]
-METHODS = ("hmc_vectorized", "mh_vectorized", "smc_vectorized", "hmc_pyro", "nuts_pyro")
+METHODS: tuple[str, ...] = get_args(Method)
 # "proposal" and "sir" are sbi's names: its proposal is the prior, and its SIR
 # resamples prior draws weighted by the ratio, as "resample" does.
 InitStrategy = Literal["resample", "prior", "proposal", "sir"]
@@ -40,8 +41,8 @@ INIT_STRATEGIES = {
 }
 # The default chains: the vectorized kernels step 100 as one batch for about
 # the time of one (the network's pass and Python's overhead hardly grow with the
-# batch on a CPU) and pool them in the warmup; Pyro's kernels run their chains
-# one after another, so a handful.
+# batch on a CPU) and pool them in the warmup; Pyro's kernels run a chain per
+# process (or in turn, on fewer CPUs), so a handful.
 NUM_CHAINS = 100
 NUM_CHAINS_PYRO = 4
 # The fewest draws each chain of a vectorized method keeps, however few are
@@ -52,11 +53,6 @@ NUM_CHAINS_PYRO = 4
 MIN_DRAWS_PER_CHAIN = 10
 # The default thinning of random-walk Metropolis-Hastings.
 MH_THIN = 20
-# How far out in the unconstrained space (in prior standard deviations for an
-# unbounded prior, `sbi`'s z-scoring) a NaN potential is a diverging trajectory's
-# overflow, not a broken estimator. (SLCP's exact likelihood overflows to NaN
-# from |θ| ~ 1e10 on; HMC chains under a Gaussian prior reached 1e21 there.)
-Z_FAR = 1e3
 # The chains of a superchain: they start from one point, so their spread
 # measures how far they have forgotten it (nested R-hat, Margossian et al.,
 # 2024). Two, not more, so that 100 chains start from 50 points, the modes'
@@ -73,9 +69,6 @@ SMC_MIN_PARTICLES = 4_000
 # the spread of their means is the run's own error, read as nested R-hat reads
 # superchains (10: one degree of freedom in 9, above MIN_SUPERCHAINS).
 SMC_ISLANDS = 10
-# SMC's evidence estimate of one observation, E_prior[r(x | theta)], is 1 for
-# a correct ratio; beyond this factor either way the run warns.
-EVIDENCE_FACTOR = 2.0
 
 
 class _Settings(NamedTuple):
@@ -87,6 +80,7 @@ class _Settings(NamedTuple):
     thin: int
     init_strategy: str | Distribution
     num_init_candidates: int
+    mp_context: str
 
 
 class RatioMCMCPosterior(CheckedPosterior):
@@ -114,7 +108,9 @@ class RatioMCMCPosterior(CheckedPosterior):
     i.i.d. rows the product of ratios need not integrate to 1);
     `"hmc_vectorized"` and `"mh_vectorized"` step all chains as one batch
     (:mod:`sbi_alfi.samplers`); `"hmc_pyro"` and `"nuts_pyro"` run Pyro's own
-    kernels chain after chain, with their options exposed. After a run,
+    kernels, one `pyro.infer.MCMC(num_chains=...)` per observation (chains in
+    parallel processes when the CPUs allow, as `sbi` runs them), with their
+    options exposed. After a run,
     `chains` holds the draws with their chain dimension and `diagnostics` the
     convergence statistics per parameter and the kernels' statistics per chain.
     The vectorized chains start in superchains of `SUPERCHAIN_SIZE` that share
@@ -128,7 +124,7 @@ class RatioMCMCPosterior(CheckedPosterior):
     :math:`+\infty`) inside the prior's support raises a :class:`ValueError`
     naming the chain and :math:`\theta`, whatever the method: it is a broken
     estimator, not a rejection. (Only a diverging trajectory's overflow,
-    beyond `Z_FAR` in the unconstrained space, counts as zero density.)
+    beyond `Z_FAR` (1,000) in the unconstrained space, counts as zero density.)
 
     The calls of `sbi`'s `MCMCPosterior` work as they are: `sample` and
     `sample_batched` take its per-call overrides (`method`, `num_chains`,
@@ -179,8 +175,10 @@ class RatioMCMCPosterior(CheckedPosterior):
         init_strategy_parameters: `sbi`'s: `{"num_candidate_samples": N}` sets
             `num_init_candidates`.
         num_workers: Accepted for `sbi`'s calls and unused: the vectorized
-            chains run as one batch, Pyro's in this process.
-        mp_context: Accepted for `sbi`'s calls and unused.
+            chains run as one batch.
+        mp_context: The multiprocessing context in which Pyro runs its chains
+            in parallel when the CPUs allow, as `sbi`'s (`"fork"` when the
+            estimator cannot be pickled).
 
     Example:
         >>> import torch
@@ -227,7 +225,7 @@ class RatioMCMCPosterior(CheckedPosterior):
                     "`estimator` must be a ratio estimator (a module) or a function "
                     f"f(theta, x) of log-ratios, got {type(estimator).__name__}."
                 )
-            estimator = _FunctionRatio(estimator)
+            estimator = FunctionRatio(estimator)
         prior, _, _ = process_prior(prior)  # log_prob is -inf off the support
         theta_shape = getattr(estimator, "theta_shape", None)  # sbi's estimators
         prior_shape = prior.event_shape or prior.sample().shape
@@ -249,7 +247,8 @@ class RatioMCMCPosterior(CheckedPosterior):
         self.num_init_candidates = num_init_candidates
         self.kernel_kwargs = dict(kernel_kwargs or {})
         self.show_progress_bars = show_progress_bars
-        del num_workers, mp_context  # sbi's, for its calls: see `sample`
+        self.mp_context = mp_context
+        del num_workers  # sbi's, for its calls: see `sample`
         # The settings' checks, before any run; sbi's names translated.
         settings = self._settings(init_strategy_parameters=init_strategy_parameters)
         self.init_strategy = settings.init_strategy
@@ -262,7 +261,7 @@ class RatioMCMCPosterior(CheckedPosterior):
         r"""The potential and transform on `device` (`sbi`'s base class resets the
         default x, which is kept)."""
         x_o = getattr(self, "_x", None)
-        potential = _RatioPotential(self.estimator, self.prior, device=device)
+        potential = RatioPotential(self.estimator, self.prior, device=device)
         super().__init__(
             potential,
             theta_transform=mcmc_transform(self.prior, device=device),
@@ -310,6 +309,7 @@ class RatioMCMCPosterior(CheckedPosterior):
         thin: int | None = None,
         init_strategy: str | Distribution | None = None,
         init_strategy_parameters: dict[str, Any] | None = None,
+        mp_context: str | None = None,
     ) -> _Settings:
         r"""The posterior's settings with the given overrides, checked, with
         `sbi`'s names translated."""
@@ -347,7 +347,10 @@ class RatioMCMCPosterior(CheckedPosterior):
             )
         if num_candidates is None:
             num_candidates = self.num_init_candidates
-        return _Settings(method, num_chains, warmup_steps, thin, init, num_candidates)
+        mp_context = self.mp_context if mp_context is None else mp_context
+        return _Settings(
+            method, num_chains, warmup_steps, thin, init, num_candidates, mp_context
+        )
 
     def to(self, device: str | torch.device) -> RatioMCMCPosterior:
         r"""Moves the estimator, the prior, the transform and the default x to
@@ -368,7 +371,7 @@ class RatioMCMCPosterior(CheckedPosterior):
 
     def log_density(self, z: Tensor) -> Tensor:
         r"""The posterior's log-density in the unconstrained space, `(C, D) -> (C,)`,
-        Jacobian included, at the current `x`."""
+        Jacobian included, at the default x."""
         if z.dim() != 2 or z.shape[-1] != theta_dim(self.prior):
             raise ValueError(
                 f"`z` must have shape (C, {theta_dim(self.prior)}), got "
@@ -376,66 +379,12 @@ class RatioMCMCPosterior(CheckedPosterior):
             )
         return self._target()(z)
 
-    def _target(
-        self, x_chains: Tensor | None = None, chains_per_x: int = 0, first: int = 0
-    ) -> LogDensity:
-        r"""The log-density in the unconstrained space of the chains: at the
-        current x, or with chain `i` at observation `x_chains[i]` (for
-        `sample_batched`, `chains_per_x` chains per observation). It raises on
-        NaN or :math:`+\infty`, naming the chain (numbered from `first`) and
-        :math:`\theta`."""
-        log_prior, log_ratio = self._target_parts(x_chains, chains_per_x, first)
-
-        def log_density(z: Tensor) -> Tensor:
-            return log_prior(z) + log_ratio(z)
-
-        return log_density
-
-    def _target_parts(
-        self, x_chains: Tensor | None = None, chains_per_x: int = 0, first: int = 0
-    ) -> tuple[LogDensity, LogDensity]:
-        r""":meth:`_target` as its two terms: the prior's log-density in the
-        unconstrained space (Jacobian included) and the log-ratio, summed over
-        the rows of the current x; SMC tempers the second alone."""
-
-        def log_prior(z: Tensor) -> Tensor:
-            theta = self.theta_transform.inv(z)
-            log_jacobian = self.theta_transform.log_abs_det_jacobian(theta, z)
-            return self.prior.log_prob(theta) - log_jacobian
-
-        def log_ratio(z: Tensor) -> Tensor:
-            theta = self.theta_transform.inv(z)
-            if x_chains is None:
-                potential = self.potential_fn(theta, track_gradients=True)
-                log_prior = self.prior.log_prob(theta)
-                # On the prior's bound (a z whose transform rounds to it) both
-                # are -inf: zero density, a rejection, not NaN.
-                value = torch.where(
-                    torch.isneginf(log_prior), -torch.inf, potential - log_prior
-                )
-            else:
-                value = self.estimator(theta, x_chains).reshape(-1)
-            bad = torch.isnan(value) | torch.isposinf(value)
-            # Only a diverging trajectory goes Z_FAR prior sds out (or, for a
-            # bounded prior, to where the transform saturates at the bound),
-            # and any network overflows there: zero density, a rejection.
-            far = z.abs().amax(-1) > Z_FAR
-            value = torch.where(bad & far, -torch.inf, value)
-            bad = bad & ~far
-            if bad.any():
-                i = int(bad.nonzero()[0, 0])
-                chain = f"chain {first + i}"
-                if chains_per_x:
-                    b, c = divmod(i, chains_per_x)
-                    chain = f"chain {c} of observation {b}"
-                raise ValueError(
-                    f"The potential is {value[i].item()} at {chain} ({int(bad.sum())} "
-                    f"of {len(value)} chains), theta = {theta[i].tolist()}, inside the "
-                    "prior's support: the ratio estimator must be finite there."
-                )
-            return value
-
-        return log_prior, log_ratio
+    def _target(self, x: Tensor | None = None, name_chains: bool = True) -> Target:
+        r"""The log-density of the chains (:class:`~sbi_alfi.aalr.target.Target`)
+        for the observations `x`, `(B, n, *x_shape)`: the default x when `None`."""
+        if x is None:
+            x = self._x_else_default_x(None)[None]
+        return Target(self.estimator, self.prior, self.theta_transform, x, name_chains)
 
     def log_prob(
         self, theta: Tensor, x: Tensor | None = None, track_gradients: bool = False
@@ -460,6 +409,9 @@ class RatioMCMCPosterior(CheckedPosterior):
         return self.potential(theta, x=x, track_gradients=track_gradients)
 
     def _check_x(self, x: Tensor) -> Tensor:
+        r"""`x` as `(n, *x_shape)` on the device, evaluated once by the
+        estimator (with 2 prior draws) so that a shape it cannot take fails
+        here, with a clear error, and not deep in a sampler; no side effect."""
         x = torch.as_tensor(x, dtype=torch.float32)
         if x.dim() == 1:
             x = x.unsqueeze(0)
@@ -479,24 +431,24 @@ class RatioMCMCPosterior(CheckedPosterior):
                 f"The ratio estimator takes x of shape (n, {_shape(x_shape)}) "
                 f"(n i.i.d. observations), got {tuple(x.shape)}."
             )
+        x = x.to(self._device)
         theta = self.prior.sample((2,)).to(self._device)
         try:
             with torch.no_grad():
-                self.potential_fn.set_x(x.to(self._device))
-                value = self.potential_fn(theta, track_gradients=False)
+                value = log_ratio(self.estimator, theta[None], x[None])
         except Exception as error:
             raise ValueError(
                 f"The ratio estimator cannot evaluate x of shape {tuple(x.shape)} "
                 f"(observations, *x_shape) with theta of shape (N, "
                 f"{theta.shape[-1]}): {error}"
             ) from error
-        if value.shape != (2,):
+        if value.shape != (1, 2):
             raise ValueError(
                 f"The ratio estimator must return one log-ratio per (theta, x) pair; "
-                f"for 2 parameters and x of shape {tuple(x.shape)} the potential "
-                f"has shape {tuple(value.shape)}."
+                f"for 2 parameters and x of shape {tuple(x.shape)} the log-ratios "
+                f"have shape {tuple(value.shape[1:])}."
             )
-        return x.to(self._device)
+        return x
 
     # Sampling
 
@@ -515,7 +467,8 @@ class RatioMCMCPosterior(CheckedPosterior):
         show_progress_bars: bool | None = None,
     ) -> Tensor:
         r"""Draws from the posterior of `x` by MCMC, with `sbi`'s per-call
-        overrides of the posterior's settings (this call only).
+        overrides of the posterior's settings (this call only):
+        :meth:`sample_batched` with one observation.
 
         Arguments:
             sample_shape: The shape of the draws.
@@ -529,42 +482,29 @@ class RatioMCMCPosterior(CheckedPosterior):
             init_strategy_parameters: `{"num_candidate_samples": N}` overrides
                 `num_init_candidates`.
             num_workers: Accepted for `sbi`'s calls and unused: the vectorized
-                chains run as one batch, Pyro's in this process.
-            mp_context: Accepted for `sbi`'s calls and unused.
+                chains run as one batch.
+            mp_context: The multiprocessing context of Pyro's chains, as
+                `sbi`'s (`"spawn"` when `None`).
             show_progress_bars: Overrides the posterior's setting.
 
         Returns:
             Draws of shape `(*sample_shape, D)`, taken from the chains in turn.
         """
-        del num_workers, mp_context
+        del num_workers
         run = self._settings(
             method, num_chains, warmup_steps, thin, init_strategy,
-            init_strategy_parameters,
+            init_strategy_parameters, mp_context,
         )  # fmt: skip
         sample_shape = self._check_sample_shape(sample_shape)
         x = self._x_else_default_x(x)
-        self.potential_fn.set_x(x)
-        num_samples = math.prod(sample_shape)
-        dim = theta_dim(self.prior)
-        if num_samples == 0:
-            return torch.zeros(*sample_shape, dim, device=self._device)
-        show = self._show(show_progress_bars)
-        if run.method == "smc_vectorized":
-            draws = self._run_smc(num_samples, show, x_single=len(x) == 1)
-            return draws[0].reshape(*sample_shape, dim)
-        per_chain = _draws_per_chain(run, num_samples)
-        z_0 = self._initial_positions(run)
-        if run.method.endswith("_pyro"):
-            z, kernel_diagnostics = self._run_pyro(run, z_0, per_chain, show)
-        else:
-            z, kernel_diagnostics = self._run_vectorized(
-                run, z_0, per_chain, show, self._target()
-            )
-        chains = self.theta_transform.inv(z).detach()  # (C, S, D)
-        self.chains = chains
-        self._diagnose(run, chains, kernel_diagnostics)
-        draws = chains.transpose(0, 1).reshape(-1, dim)[:num_samples]
-        return draws.reshape(*sample_shape, dim)
+        draws = self._sample(run, math.prod(sample_shape), x[None], show_progress_bars)
+        # One observation: its chains and statistics without the batch dimension.
+        if self.chains is not None:
+            self.chains = self.chains[0]
+        self.diagnostics = {
+            k: v[0] if v.dim() else v for k, v in self.diagnostics.items()
+        }
+        return draws[:, 0].reshape(*sample_shape, draws.shape[-1])
 
     def sample_batched(
         self,
@@ -595,119 +535,104 @@ class RatioMCMCPosterior(CheckedPosterior):
             init_strategy: Overrides the initialization.
             init_strategy_parameters: `{"num_candidate_samples": N}`.
             num_workers: Accepted for `sbi`'s calls and unused.
-            mp_context: Accepted for `sbi`'s calls and unused.
+            mp_context: The multiprocessing context of Pyro's chains.
             show_progress_bars: Overrides the posterior's setting.
 
         Returns:
             Draws of shape `(*sample_shape, B, D)`; `chains` then has shape
-            `(B, num_chains, draws per chain, D)` and `diagnostics` R-hat and ESS of
-            shape `(B, D)`.
+            `(B, num_chains, draws per chain, D)` (SMC: `(B, islands,
+            particles per island, D)`), and `diagnostics` the statistics per
+            observation (`(B, D)` for R-hat and ESS) and per chain (`(B,
+            num_chains)`).
         """
-        del num_workers, mp_context
+        del num_workers
         run = self._settings(
             method, num_chains, warmup_steps, thin, init_strategy,
-            init_strategy_parameters,
+            init_strategy_parameters, mp_context,
         )  # fmt: skip
         sample_shape = self._check_sample_shape(sample_shape)
         x = self._check_x(x)
-        if run.method.endswith("_pyro"):
-            overrides = dict(
-                method=method,
-                thin=thin,
-                warmup_steps=warmup_steps,
-                num_chains=num_chains,
-                init_strategy=init_strategy,
-                init_strategy_parameters=init_strategy_parameters,
-                show_progress_bars=show_progress_bars,
-            )
-            draws = [self.sample(sample_shape, x_b[None], **overrides) for x_b in x]
-            return torch.stack(draws, -2)
-        batch, num_chains = len(x), run.num_chains
         num_samples = math.prod(sample_shape)
-        dim = theta_dim(self.prior)
+        draws = self._sample(run, num_samples, x[:, None], show_progress_bars)
+        return draws.reshape(*sample_shape, *draws.shape[1:])
+
+    def _sample(
+        self, run: _Settings, num_samples: int, x: Tensor, show: bool | None
+    ) -> Tensor:
+        r"""`num_samples` draws `(num_samples, B, D)` of the posteriors of `B`
+        observations `x` of `n` i.i.d. rows each, `(B, n, *x_shape)`; sets
+        `chains` and `diagnostics`, with the observations first."""
+        show = self.show_progress_bars if show is None else show
+        batch, dim = len(x), theta_dim(self.prior)
         if num_samples == 0:
-            return torch.zeros(*sample_shape, batch, dim, device=self._device)
+            self.chains, self.diagnostics = None, {}
+            return torch.zeros(0, batch, dim, device=self._device)
         if run.method == "smc_vectorized":
-            draws = self._run_smc(num_samples, self._show(show_progress_bars), x)
-            return draws.transpose(0, 1).reshape(*sample_shape, batch, dim)
+            draws = self._run_smc(num_samples, show, x)
+            return draws.transpose(0, 1)
         per_chain = _draws_per_chain(run, num_samples)
-        x_chains = x.repeat_interleave(num_chains, dim=0)  # chain c of x_b: b * C + c
-        z_0 = self._initial_positions(run, x)
-        z, kernel_diagnostics = self._run_vectorized(
-            run,
-            z_0,
-            per_chain,
-            self._show(show_progress_bars),
-            self._target(x_chains, num_chains),
-            num_groups=batch,
-        )
+        z_0 = self._initial_positions(run, x)  # (B * C, D), observation-major
+        if run.method.endswith("_pyro"):
+            z, kernel_diagnostics = self._run_pyro(run, z_0, per_chain, show, x)
+        else:
+            z, kernel_diagnostics = self._run_vectorized(run, z_0, per_chain, show, x)
         chains = self.theta_transform.inv(z).detach()
-        chains = chains.reshape(batch, num_chains, per_chain, -1)
+        chains = chains.reshape(batch, run.num_chains, per_chain, dim)
         self.chains = chains
-        self._diagnose(run, chains.permute(1, 2, 0, 3), kernel_diagnostics)
-        draws = chains.permute(2, 1, 0, 3).reshape(-1, batch, chains.shape[-1])
-        return draws[:num_samples].reshape(*sample_shape, batch, dim)
+        self._diagnose(run, chains, kernel_diagnostics)
+        draws = chains.permute(2, 1, 0, 3).reshape(-1, batch, dim)  # chains in turn
+        return draws[:num_samples]
 
-    def _show(self, show_progress_bars: bool | None) -> bool:
-        if show_progress_bars is None:
-            return self.show_progress_bars
-        return show_progress_bars
-
-    def _initial_positions(self, run: _Settings, x_batch: Tensor | None = None):
-        r"""The chains' starting points in the unconstrained space: `(C, D)` for the
-        current `x`, or `(B * C, D)` for the observations `x_batch`, each row its
-        own, chains grouped by observation."""
-        batch = 1 if x_batch is None else len(x_batch)
-        size = _superchain_size(run)
+    def _initial_positions(self, run: _Settings, x: Tensor) -> Tensor:
+        r"""The chains' starting points in the unconstrained space, `(B * C, D)`
+        for the observations `x` `(B, n, *x_shape)`, chains grouped by
+        observation, in superchains of :func:`_superchain_size` that share a
+        point."""
+        batch, size = len(x), _superchain_size(run)
         starts = run.num_chains // size  # per observation
         if isinstance(run.init_strategy, Distribution):
             theta = run.init_strategy.sample((batch * starts,))
         elif run.init_strategy == "prior":
             theta = self.prior.sample((batch * starts,))
         else:
-            # One importance resampling of shared prior draws, weighted by the
-            # ratio (the posterior over the prior), for every chain at once.
-            candidates = self.prior.sample((run.num_init_candidates,))
-            candidates = candidates.to(self._device)
-            with torch.no_grad():
-                if x_batch is None:
-                    log_weights = self.potential_fn(candidates, track_gradients=False)
-                    log_weights = (log_weights - self.prior.log_prob(candidates))[None]
-                else:
-                    # In chunks: 1,000 observations x 10,000 candidates in one
-                    # call took 15 GB (expected_coverage was killed for it).
-                    per_chunk = max(1, INIT_ROWS_PER_CALL // len(candidates))
-                    log_weights = torch.cat(
-                        [
-                            self.estimator(
-                                candidates.repeat(len(x_chunk), 1),
-                                x_chunk.repeat_interleave(len(candidates), dim=0),
-                            ).reshape(len(x_chunk), -1)
-                            for x_chunk in x_batch.split(per_chunk)
-                        ]
-                    )
-            _check_weights(log_weights)
-            log_weights = torch.nan_to_num(log_weights, nan=-torch.inf)
-            # Systematic, not multinomial: the superchains' shares of the modes
-            # follow the weights as closely as a whole number of them can.
-            index = systematic_resample(log_weights, starts)
-            theta = candidates[index.reshape(-1)]
+            # The posterior over the prior: prior draws, shared by every
+            # observation, weighted by the ratio, in chunks of observations x
+            # candidates (1,000 x 10,000 in one call took 15 GB). Systematic, not
+            # multinomial: the superchains' shares of the modes follow the
+            # weights as closely as a whole number of them can.
+            def log_weights(theta: Tensor) -> Tensor:
+                theta = theta.to(self._device).expand(batch, *theta.shape)
+                return log_ratio(self.estimator, theta, x)
+
+            try:
+                theta, _ = importance_resample(
+                    log_weights,
+                    self.prior,
+                    starts,
+                    num_proposals=run.num_init_candidates,
+                    batch_size=max(1, INIT_ROWS_PER_CALL // (batch * x.shape[1])),
+                    min_ess_ratio=0.0,
+                    systematic=True,
+                )
+            except ValueError as error:
+                reason = str(error)
+                raise ValueError(
+                    f"The chains cannot start: {reason[0].lower()}{reason[1:]} The "
+                    "proposals are prior draws weighted by the ratio estimator, "
+                    "target b is observation b: the estimator is broken or "
+                    "untrained, or x lies where it was never trained."
+                ) from error
+            theta = theta.reshape(batch * starts, -1)
         # Superchain k of observation b: chains b * C + k * size + (0 .. size-1).
         theta = theta.repeat_interleave(size, dim=0)
         return self.theta_transform(theta.to(self._device)).detach()
 
     def _run_vectorized(
-        self,
-        run: _Settings,
-        z_0: Tensor,
-        per_chain: int,
-        show: bool,
-        log_density: LogDensity,
-        num_groups: int = 1,
+        self, run: _Settings, z_0: Tensor, per_chain: int, show: bool, x: Tensor
     ) -> tuple[Tensor, dict[str, Tensor]]:
         kernel_class = VectorizedHMC if run.method == "hmc_vectorized" else VectorizedMH
         kernel = kernel_class(
-            log_density, z_0, num_groups=num_groups, **self.kernel_kwargs
+            self._target(x), z_0, num_groups=len(x), **self.kernel_kwargs
         )
         mcmc = MCMC(
             kernel,
@@ -716,38 +641,66 @@ class RatioMCMCPosterior(CheckedPosterior):
             disable_progbar=not show,
         )
         mcmc.run()
-        z = mcmc.get_samples()["theta"][:: run.thin]  # (S, C, D)
+        z = mcmc.get_samples()["theta"][:: run.thin]  # (S, B * C, D)
         return z.transpose(0, 1), kernel.diagnostics()
 
-    def _run_smc(
-        self,
-        num_samples: int,
-        show: bool,
-        x_batch: Tensor | None = None,
-        x_single: bool = True,
-    ) -> Tensor:
+    def _run_pyro(
+        self, run: _Settings, z_0: Tensor, per_chain: int, show: bool, x: Tensor
+    ) -> tuple[Tensor, dict[str, Tensor]]:
+        r"""Pyro's HMC or NUTS: for each observation one `pyro.infer.MCMC` of
+        `num_chains` chains, which Pyro runs in parallel processes when the
+        CPUs allow (in `mp_context`, as `sbi` does) and in turn otherwise."""
+        kernel_class = NUTS if run.method == "nuts_pyro" else HMC
+        chains, stats = [], {"acceptance_rate": [], "divergences": []}
+        for b, z_b in enumerate(z_0.reshape(len(x), run.num_chains, -1)):
+            potential = PyroPotential(self._target(x[b : b + 1], name_chains=False))
+            mcmc = MCMC(
+                kernel_class(potential_fn=potential, **self.kernel_kwargs),
+                num_samples=per_chain * run.thin,
+                warmup_steps=run.warmup_steps,
+                initial_params={"theta": z_b if run.num_chains > 1 else z_b[0]},
+                num_chains=run.num_chains,
+                mp_context=_mp_context(run, potential),
+                disable_progbar=not show,
+            )
+            with warnings.catch_warnings():
+                # Fewer CPUs than chains: Pyro draws them in turn, as intended.
+                warnings.filterwarnings("ignore", "num_chains=", UserWarning)
+                mcmc.run()
+            z = mcmc.get_samples(group_by_chain=True)["theta"][:, :: run.thin]
+            chains.append(z)  # (C, S, D)
+            diagnostics = mcmc.diagnostics()
+            names = [f"chain {c}" for c in range(run.num_chains)]
+            stats["acceptance_rate"].append(
+                [float(diagnostics["acceptance rate"][c]) for c in names]
+            )
+            stats["divergences"].append(
+                [len(diagnostics["divergences"][c]) for c in names]
+            )
+        stats = {k: torch.tensor(v).reshape(-1) for k, v in stats.items()}
+        return torch.cat(chains), stats
+
+    def _run_smc(self, num_samples: int, show: bool, x: Tensor) -> Tensor:
         r"""`num_samples` draws `(B, num_samples, D)` by tempered SMC
-        (:func:`~sbi_alfi.samplers.smc.smc`) from the prior to the posterior
-        of the current x (`B = 1`) or of each of `x_batch`, every particle of
-        every observation in one batch. Each observation's particles temper in
+        (:func:`~sbi_alfi.samplers.smc.smc`) from the prior to the posteriors of
+        the observations `x` `(B, n, *x_shape)`, every particle of every
+        observation in one batch. Each observation's particles temper in
         `SMC_ISLANDS` independent islands, so the spread of the islands' means
         measures the run's own error (:func:`~sbi_alfi.diagnostics.check_chains`
-        with each island a chain); its diagnostics and evidence check (for one
-        observation each, not for i.i.d. rows) in `diagnostics`."""
-        batch = 1 if x_batch is None else len(x_batch)
+        with each island a chain); its diagnostics and evidence check (for
+        observations of one row, not for i.i.d. rows) in `diagnostics`."""
+        batch = len(x)
         options = dict(self.kernel_kwargs)
         islands = SMC_ISLANDS
         n = max(num_samples, options.pop("num_particles", SMC_MIN_PARTICLES))
         n = islands * math.ceil(n / islands)
-        x_chains = None if x_batch is None else x_batch.repeat_interleave(n, dim=0)
-        log_prior, log_ratio = self._target_parts(x_chains, n if batch > 1 else 0)
+        target = self._target(x)
         theta_0 = self.prior.sample((batch * n,)).to(self._device)
-        z_0 = self.theta_transform(theta_0).detach()
         result = smc(
-            log_prior,
-            log_ratio,
-            z_0,
-            num_groups=batch * islands,  # observation-major, as x_chains
+            target.log_prior,
+            target.log_ratio,
+            self.theta_transform(theta_0).detach(),
+            num_groups=batch * islands,  # observation-major, as the target's
             show_progress_bar=show,
             **options,
         )
@@ -757,9 +710,8 @@ class RatioMCMCPosterior(CheckedPosterior):
         # particles in random order, and the draws taken across the islands.
         keep = torch.rand(particles.shape[:-1], device=particles.device).argsort(-1)
         particles = particles.gather(2, keep[..., None].expand_as(particles))
-        chains = particles.permute(1, 2, 0, 3)  # (islands, N / islands, B, D)
-        check = check_chains(chains)
-        self.chains = particles if x_batch is not None else particles[0]
+        check = check_chains(particles.permute(1, 2, 0, 3))  # islands as chains
+        self.chains = particles
 
         def per_x(value: Tensor) -> Tensor:
             return value.reshape(batch, islands)
@@ -775,71 +727,38 @@ class RatioMCMCPosterior(CheckedPosterior):
             "min_ess": per_x(result.min_ess).amin(-1),
             "num_moves": torch.tensor(result.num_moves),
         }
-        if check.problems:
-            warnings.warn(
-                "SMC's islands disagree: "
-                + "; ".join(check.problems)
-                + ". Consider more particles (kernel_kwargs={'num_particles': ...}) "
-                "or a higher target_ess.",
-                stacklevel=3,
-            )
-        bound = math.log(EVIDENCE_FACTOR)
-        off = log_evidence.abs() > bound
-        if (x_batch is not None or x_single) and off.any():
-            b = int(off.nonzero()[0, 0])
-            warnings.warn(
-                f"SMC's evidence E_prior[r(x|theta)] is "
-                f"{log_evidence[b].exp().item():.3g} for observation {b} "
-                f"({int(off.sum())} of {batch} beyond a factor {EVIDENCE_FACTOR} "
-                "of 1): a correct ratio integrates to 1 over the prior, so the "
-                "estimator is off for these observations (overconfident or "
-                "misspecified). Check it with `ratio_normalization`.",
-                stacklevel=3,
+        warn_problems(
+            check.problems,
+            "SMC's islands disagree",
+            "Consider more particles (kernel_kwargs={'num_particles': ...}) or a "
+            "higher target_ess.",
+            stacklevel=4,
+        )
+        # With i.i.d. rows the product of ratios need not integrate to 1.
+        if x.shape[1] == 1:
+            warn_problems(
+                check_evidence(log_evidence),
+                "SMC's ratio is not normalized",
+                "Sampling went on; the draws follow the estimator's posterior.",
+                stacklevel=4,
             )
         draws = particles.transpose(1, 2).reshape(batch, n, -1)  # islands in turn
         return draws[:, :num_samples]
 
-    def _run_pyro(
-        self, run: _Settings, z_0: Tensor, per_chain: int, show: bool
-    ) -> tuple[Tensor, dict[str, Tensor]]:
-        # Pyro's kernels take one chain; they run one after another, as in sbi.
-        kernel_class = NUTS if run.method == "nuts_pyro" else HMC
-        chains, stats = [], {"acceptance_rate": [], "step_size": [], "divergences": []}
-        for c, z in enumerate(z_0):
-            log_density = self._target(first=c)
-
-            def potential(params: dict[str, Tensor], log_density=log_density):
-                return -log_density(params["theta"].unsqueeze(0)).squeeze(0)
-
-            kernel = kernel_class(potential_fn=potential, **self.kernel_kwargs)
-            mcmc = MCMC(
-                kernel,
-                num_samples=per_chain * run.thin,
-                warmup_steps=run.warmup_steps,
-                initial_params={"theta": z},
-                disable_progbar=not show,
-            )
-            mcmc.run()
-            chains.append(mcmc.get_samples()["theta"][:: run.thin])
-            diagnostics = mcmc.diagnostics()
-            stats["acceptance_rate"].append(
-                float(diagnostics["acceptance rate"]["chain 0"])
-            )
-            stats["divergences"].append(len(diagnostics["divergences"]["chain 0"]))
-            stats["step_size"].append(float(kernel.step_size))
-        return torch.stack(chains), {k: torch.tensor(v) for k, v in stats.items()}
-
     def _diagnose(
-        self,
-        run: _Settings,
-        chains: Tensor,
-        kernel_diagnostics: dict[str, Tensor],
+        self, run: _Settings, chains: Tensor, kernel_diagnostics: dict[str, Tensor]
     ) -> None:
-        r"""The convergence statistics of `chains`, `(C, S, *batch, D)`
+        r"""The convergence statistics of `chains`, `(B, C, S, D)`
         (:func:`~sbi_alfi.diagnostics.check_chains`), with the kernels'
-        per-chain statistics; warns when the run should not be trusted."""
+        per-chain statistics, `(B, C)`; warns when the run should not be
+        trusted."""
+        batch, num_chains = chains.shape[:2]
+        per_chain = {
+            k: v.reshape(batch, num_chains) if v.dim() == 1 else v
+            for k, v in kernel_diagnostics.items()
+        }
         check = check_chains(
-            chains,
+            chains.permute(1, 2, 0, 3),
             _superchain_size(run),
             divergences=kernel_diagnostics.get("divergences"),
         )
@@ -847,15 +766,14 @@ class RatioMCMCPosterior(CheckedPosterior):
         if check.nested_r_hat is not None:
             self.diagnostics["nested_r_hat"] = check.nested_r_hat
             self.diagnostics["nested_ess"] = check.nested_ess
-        self.diagnostics.update(kernel_diagnostics)
-        if check.problems:
-            warnings.warn(
-                f"MCMC ({run.method}) may not have converged: "
-                + "; ".join(check.problems)
-                + ". Consider more warmup_steps or thinning, or, for a multimodal "
-                "posterior, method='smc_vectorized'.",
-                stacklevel=3,
-            )
+        self.diagnostics.update(per_chain)
+        warn_problems(
+            check.problems,
+            f"MCMC ({run.method}) may not have converged",
+            "Consider more warmup_steps or thinning, or, for a multimodal "
+            "posterior, method='smc_vectorized'.",
+            stacklevel=4,
+        )
 
     def __repr__(self) -> str:
         return (
@@ -906,45 +824,23 @@ def _shape(shape) -> str:
     return ", ".join(str(n) for n in shape)
 
 
-def _check_weights(log_weights: Tensor) -> None:
-    r"""Raises unless every observation's initial candidates have some finite
-    weight: a ratio that is NaN (or zero) at every candidate cannot be sampled."""
-    nan = torch.isnan(log_weights).all(-1)
-    dead = (torch.nan_to_num(log_weights, nan=-torch.inf) == -torch.inf).all(-1)
-    if nan.any() or dead.any():
-        b = int((nan | dead).nonzero()[0, 0])
-        what = "NaN" if nan[b] else "-inf (zero ratio)"
-        which = f" of observation {b}" if len(log_weights) > 1 else ""
-        raise ValueError(
-            f"The ratio estimator is {what} at every one of the "
-            f"{log_weights.shape[-1]} initial candidates (prior draws){which}: it "
-            "is broken or untrained, or x lies where it was never trained."
-        )
-
-
-class _FunctionRatio(nn.Module):
-    r"""A plain function `f(theta, x)` of log-ratios, as a module (`sbi`'s
-    potential calls `eval()` on its estimator)."""
-
-    def __init__(self, function: Callable[[Tensor, Tensor], Tensor]):
-        super().__init__()
-        self.function = function
-
-    def forward(self, theta: Tensor, x: Tensor) -> Tensor:
-        return self.function(theta, x)
-
-
-class _RatioPotential(RatioBasedPotential):
-    r"""`sbi`'s ratio-based potential, for estimators with or without parameters:
-    `sbi` reads the device from the estimator's parameters, which an exact
-    stand-in (a test's, or a known likelihood's) may not have."""
-
-    def __call__(self, theta: Tensor, track_gradients: bool = True) -> Tensor:
-        x = self.x_o
-        n = len(x)
-        theta_repeated = theta.repeat(n, 1)  # ABCABC, as sbi pairs them
-        x_repeated = x.repeat_interleave(len(theta), dim=0)  # AABBCC
-        with torch.set_grad_enabled(track_gradients):
-            log_ratio = self.ratio_estimator(theta_repeated, x_repeated)
-            log_ratio = log_ratio.reshape(n, len(theta)).sum(0)
-        return log_ratio + self.prior.log_prob(theta)
+def _mp_context(run: _Settings, potential: PyroPotential) -> str:
+    r"""The multiprocessing context for Pyro's chains: `run`'s (`sbi`'s
+    `"spawn"` by default), which pickles the potential into each chain's
+    process; `"fork"`, which does not, when the potential cannot be pickled
+    (an estimator that is a function defined in a notebook) and Pyro would run
+    the chains in parallel."""
+    parallel = 1 < run.num_chains <= max(mp.cpu_count() - 1, 1)  # as Pyro decides
+    if not parallel or run.mp_context == "fork":
+        return run.mp_context
+    try:
+        pickle.dumps(potential)
+    except Exception as error:
+        if "fork" not in mp.get_all_start_methods():
+            raise ValueError(
+                f"Pyro runs the {run.num_chains} chains in parallel processes, "
+                f"which needs a picklable ratio estimator ({error}); pass a module "
+                "defined in an importable file, or num_chains=1."
+            ) from error
+        return "fork"
+    return run.mp_context

@@ -183,7 +183,7 @@ METHODS: dict[str, Callable] = {
     # AALR's HMC on sbi's default classifier (NRE_A's ReLU network, 50 wide):
     # the sampler against nre_a_slice on the same network.
     "aalr_relu_hmc_vectorized": _aalr("hmc_vectorized", classifier="resnet"),
-    # Pyro runs its chains one after another: 4 chains, as Pyro's examples do.
+    # 4 chains for Pyro's kernels, as Pyro's examples use.
     "aalr_nuts_pyro": _aalr("nuts_pyro", num_chains=4),
     "aalr_hmc_pyro": _aalr("hmc_pyro", num_chains=4),
     "alfi": _alfi,

@@ -3,13 +3,22 @@ r"""Convergence statistics of MCMC chains."""
 from __future__ import annotations
 
 import math
+import warnings
 from typing import NamedTuple
 
 import torch
 from pyro.ops.stats import effective_sample_size, split_gelman_rubin
 from torch import Tensor
 
-__all__ = ["ChainCheck", "check_chains", "convergence", "nested_ess", "nested_r_hat"]
+__all__ = [
+    "ChainCheck",
+    "check_chains",
+    "check_evidence",
+    "convergence",
+    "nested_ess",
+    "nested_r_hat",
+    "warn_problems",
+]
 
 # A run warns when its chains carry fewer effective draws than this fraction of
 # the draws they return: an autocorrelation time above 10, or chains that have
@@ -22,6 +31,9 @@ ESS_FRACTION = 0.1
 MIN_SUPERCHAINS = 8
 # The classic threshold of split R-hat (Vehtari et al., 2021).
 R_HAT_MAX = 1.01
+# A ratio's evidence estimate E_prior[r(x | theta)] is 1 when the ratio is
+# correct; beyond this factor either way it is a problem.
+EVIDENCE_FACTOR = 2.0
 
 
 def convergence(chains: Tensor) -> tuple[Tensor, Tensor]:
@@ -247,3 +259,44 @@ def check_chains(
     if divergences is not None and divergences.sum() > 0:
         problems.append(f"{int(divergences.sum())} divergent transitions")
     return ChainCheck(r_hat, ess, n_r_hat, n_ess, tuple(problems))
+
+
+def check_evidence(
+    log_evidence: Tensor, factor: float = EVIDENCE_FACTOR
+) -> tuple[str, ...]:
+    r"""The problem, if any, with the evidence estimates :math:`\log
+    \mathbb{E}_{p(\theta)}[\hat r(x_b \mid \theta)]` of `B` observations,
+    `(B,)`: a correct ratio integrates to 1 over the prior, so an estimate
+    beyond `factor` either way means the estimator is off there
+    (overconfident or misspecified).
+
+    Example:
+        >>> import torch
+        >>> check_evidence(torch.tensor([0.1, -0.2]))
+        ()
+        >>> check_evidence(torch.tensor([0.1, 1.5]))[0][:36]
+        'the evidence E_prior[r(x|theta)] is '
+    """
+    off = log_evidence.abs() > math.log(factor)
+    if not off.any():
+        return ()
+    b = int(off.nonzero()[0, 0])
+    return (
+        f"the evidence E_prior[r(x|theta)] is {log_evidence[b].exp().item():.3g} "
+        f"for observation {b} ({int(off.sum())} of {len(off)} beyond a factor "
+        f"{factor:g} of 1): a correct ratio integrates to 1 over the prior, so "
+        "the estimator is off for these observations (overconfident or "
+        "misspecified); check it with `ratio_normalization`",
+    )
+
+
+def warn_problems(
+    problems: tuple[str, ...], subject: str, advice: str, stacklevel: int = 2
+) -> None:
+    r"""One warning that names every problem found, `"{subject}: {problems}.
+    {advice}"`, or nothing when there is none."""
+    if problems:
+        warnings.warn(
+            f"{subject}: " + "; ".join(problems) + f". {advice}",
+            stacklevel=stacklevel + 1,
+        )

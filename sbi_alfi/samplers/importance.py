@@ -22,10 +22,13 @@ def importance_resample(
     num_proposals: int = 100_000,
     batch_size: int = 10_000,
     min_ess_ratio: float = 10.0,
-) -> tuple[Tensor, float]:
+    systematic: bool = False,
+) -> tuple[Tensor, float | Tensor]:
     r"""Draws from the normalized :math:`p \propto \exp(\text{log\_density})` by
     resampling proposals :math:`\theta_i \sim q` with weights
-    :math:`w_i \propto p(\theta_i) / q(\theta_i)` (Rubin, 1988).
+    :math:`w_i \propto p(\theta_i) / q(\theta_i)` (Rubin, 1988); for `B`
+    targets at once when `log_density` maps `(N, D)` to `(B, N)`, the same
+    proposals serving every target.
 
     The draws are exact as the number of proposals grows, whatever the proposal,
     as long as it covers the target: the error shows in the weights' effective
@@ -35,18 +38,28 @@ def importance_resample(
     draw repeats (exact repeats are what classifier tests pick up); with that
     many effective proposals per draw, the departure from resampling with
     replacement is negligible. The draws come in the order of their perturbed
-    log-weights, so any first `m` of them are `m` draws too.
+    log-weights, so any first `m` of them are `m` draws too. With
+    `systematic`, they are resampled with replacement by
+    :func:`systematic_resample`, whose counts follow the weights as closely as
+    whole numbers can (a Markov chain's starts, where the ESS matters less than
+    the modes' shares).
+
+    A target whose density is NaN, or zero, at every proposal raises a
+    :class:`ValueError` that says which.
 
     Arguments:
-        log_density: Maps `(N, D)` to unnormalized log-densities `(N,)`.
+        log_density: Maps `(N, D)` to unnormalized log-densities `(N,)`, or
+            `(B, N)` for `B` targets.
         proposal: :math:`q`, with `sample` and `log_prob`.
-        num_samples: The number of draws.
+        num_samples: The number of draws (of each target).
         num_proposals: The number of proposals.
         batch_size: The proposals evaluated in one call.
         min_ess_ratio: The weights' ESS required, per draw.
+        systematic: Whether to resample systematically, with replacement.
 
     Returns:
-        The draws `(num_samples, D)` and the weights' ESS.
+        The draws `(num_samples, D)` and the weights' ESS, or `(B,
+        num_samples, D)` and the ESS of each target `(B,)`.
 
     Example:
         >>> import torch
@@ -66,21 +79,44 @@ def importance_resample(
             f"draws {tuple(theta.shape)} and log-densities {tuple(log_q.shape)} "
             "(wrap a univariate distribution in torch's Independent)."
         )
-    log_p = torch.cat([log_density(chunk) for chunk in theta.split(batch_size)])
-    log_weights = torch.nan_to_num(log_p - log_q, nan=-torch.inf)
-    if not torch.isfinite(log_weights).any():
-        raise ValueError("Every proposal has zero target density.")
-    weights = (log_weights - log_weights.max()).exp()
-    ess = float(weights.sum() ** 2 / weights.square().sum())
-    if ess < min_ess_ratio * num_samples:
+    log_p = torch.cat([log_density(chunk) for chunk in theta.split(batch_size)], dim=-1)
+    batched = log_p.dim() == 2
+    log_weights = (log_p - log_q).reshape(-1, num_proposals)  # (B, N)
+    _check_weights(log_weights, batched)
+    log_weights = torch.nan_to_num(log_weights, nan=-torch.inf)
+    weights = (log_weights - log_weights.amax(-1, keepdim=True)).exp()
+    ess = weights.sum(-1).square() / weights.square().sum(-1)
+    low = ess < min_ess_ratio * num_samples
+    if low.any():
+        b = int(low.nonzero()[0, 0])
+        which = f" of target {b}" if batched else ""
         raise ValueError(
-            f"The importance weights' ESS is {ess:.0f} for {num_samples} draws (at "
-            f"least {min_ess_ratio:g}x needed): the proposal is too far from the "
-            "target; widen it or draw more `num_proposals`."
+            f"The importance weights' ESS is {ess[b]:.0f}{which} for {num_samples} "
+            f"draws (at least {min_ess_ratio:g}x needed): the proposal is too far "
+            "from the target; widen it or draw more `num_proposals`."
         )
-    gumbel = -torch.empty_like(log_weights).exponential_().log()
-    index = (log_weights + gumbel).topk(num_samples).indices
-    return theta[index], ess
+    if systematic:
+        index = systematic_resample(log_weights, num_samples)
+    else:
+        gumbel = -torch.empty_like(log_weights).exponential_().log()
+        index = (log_weights + gumbel).topk(num_samples, dim=-1).indices
+    if batched:
+        return theta[index], ess
+    return theta[index[0]], float(ess[0])
+
+
+def _check_weights(log_weights: Tensor, batched: bool) -> None:
+    r"""Raises unless every target has some finite weight `(B, N)`."""
+    nan = torch.isnan(log_weights).all(-1)
+    dead = (torch.nan_to_num(log_weights, nan=-torch.inf) == -torch.inf).all(-1)
+    if nan.any() or dead.any():
+        b = int((nan | dead).nonzero()[0, 0])
+        what = "NaN" if nan[b] else "zero"
+        which = f" for target {b}" if batched else ""
+        raise ValueError(
+            f"The target density is {what} at every one of the "
+            f"{log_weights.shape[-1]} proposals{which}."
+        )
 
 
 def systematic_resample(log_weights: Tensor, num_samples: int) -> Tensor:
