@@ -275,6 +275,36 @@ def test_resume_after_a_crash_continues_the_same_run(poisson, tmp_path, seed):
         assert torch.equal(value, expected[name])
 
 
+def test_resume_with_more_epochs_keeps_learning(poisson, tmp_path, seed):
+    # A cosine schedule restored with its old horizon ran the added epochs at a
+    # learning rate of 0: they simulated and reported losses, and no weight
+    # moved. The last epoch's machine is in the checkpoint.
+    path = tmp_path / "alfi.ckpt"
+    settings = {**TRAINING, "num_tasks": 48, "learning_rate_schedule": "cosine"}
+    train(poisson, seed, **{**settings, "max_num_epochs": 2}, checkpoint_path=path)
+    before = torch.load(path)["machine"]
+    resumed = ALFI(poisson.prior, poisson, show_progress_bars=False, **BUDGET)
+    settings["max_num_epochs"] = 4
+    resumed.train(**settings, checkpoint_path=path, resume=True)
+    after = torch.load(path)
+    assert after["epoch"] == 4 and len(resumed.summary["training_loss"]) == 4
+    moved = [not torch.equal(before[k], after["machine"][k]) for k in before]
+    assert sum(moved) > len(moved) // 2
+
+
+def test_an_alfi_object_pickles_and_trains_after_loading(poisson, tmp_path, seed):
+    # As sbi's inference objects do; sbi's simulator wrapper is a closure.
+    inference = train(poisson, seed, num_tasks=40, max_num_epochs=1)
+    torch.save(inference, tmp_path / "alfi.pt")
+    loaded = torch.load(tmp_path / "alfi.pt", weights_only=False)
+    x_o = poisson(torch.tensor([[3.0]]).expand(100, 1))
+    torch.manual_seed(seed)
+    expected = inference.build_posterior().map(x=x_o)
+    torch.manual_seed(seed)
+    assert torch.equal(loaded.build_posterior().map(x=x_o), expected)
+    loaded.train(num_tasks=40, num_observations=100, max_num_epochs=1)  # simulates
+
+
 def test_resume_rejects_another_run(poisson, tmp_path, seed):
     path = tmp_path / "alfi.ckpt"
     train(poisson, seed, num_tasks=40, max_num_epochs=1, checkpoint_path=path)

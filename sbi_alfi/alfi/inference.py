@@ -190,7 +190,8 @@ class ALFI:
             learning_rate: Adam's learning rate.
             learning_rate_schedule: `"cosine"` anneals the learning rate to zero over
                 `max_num_epochs`, for precise final estimates when the budget is
-                known; `"constant"` keeps it.
+                known (resumed with another `max_num_epochs`, it spans the new
+                one from the step reached); `"constant"` keeps it.
             max_num_epochs: The maximum number of passes over the training tasks.
             validation_fraction: The share of tasks held out for validation.
             stop_after_epochs: The patience of early stopping.
@@ -266,6 +267,11 @@ class ALFI:
             machine.load_state_dict(state["machine"])
             optimizer.load_state_dict(state["optimizer"])
             schedule.load_state_dict(state["schedule"])
+            if learning_rate_schedule == "cosine":
+                # The restored schedule keeps the horizon it was written with:
+                # resumed with more epochs, it ran them at a learning rate of
+                # 0. The cosine spans the present `max_num_epochs` instead.
+                schedule.lr_lambdas[0] = _Cosine(max_num_epochs * num_batches)
             torch.set_rng_state(state["rng"])
         else:
             machine.set_x_statistics(x[state["training"]].flatten(0, 1))
@@ -431,6 +437,17 @@ class ALFI:
         partial = path.with_name(path.name + ".partial")
         torch.save(state, partial)
         os.replace(partial, path)  # never leaves a half-written checkpoint behind
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = self.__dict__.copy()
+        state["_simulator"] = None  # sbi's wrapper is a closure; rebuilt on load
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._simulator = process_simulator(
+            self._user_simulator, self._prior, self._prior_returns_numpy
+        )
 
     # The posterior
 
