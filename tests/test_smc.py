@@ -17,11 +17,11 @@ DIM, NOISE = 3, 0.5
 X_O = torch.tensor([1.0, -0.5, 2.0])
 
 
-def log_prior(z):
+def log_prior(z, groups=None):
     return MultivariateNormal(torch.zeros(DIM), torch.eye(DIM)).log_prob(z)
 
 
-def log_likelihood(z):
+def log_likelihood(z, groups=None):
     return Normal(z, NOISE).log_prob(X_O).sum(-1)
 
 
@@ -143,6 +143,28 @@ def test_the_next_temperature_keeps_the_ess_aimed_for():
     assert torch.equal(flat, torch.tensor([1.0, 0.5]))
 
 
+def test_a_group_that_is_done_drops_out_of_the_calls():
+    # Group 0's likelihood is flat: it reaches temperature 1 at once, and its
+    # particles are not evaluated again; group 1's is the conjugate Gaussian's.
+    seen = []
+
+    def grouped(z, groups):
+        seen.append(groups.tolist())
+        value = log_likelihood(z).reshape(len(groups), -1)
+        return torch.where(groups[:, None] == 0, 0.0, value).reshape(-1)
+
+    result = smc(log_prior, grouped, torch.randn(2 * 2_000, DIM), num_groups=2)
+    assert result.num_steps.tolist()[0] == 1 and result.num_steps[1] > 1
+    # Group 0 is in the calls of the first step only; group 1 goes on alone.
+    last_0 = max(i for i, groups in enumerate(seen) if 0 in groups)
+    assert seen[0] == [0, 1] and all(g == [1] for g in seen[last_0 + 1 :])
+    assert len(seen) > 2 * (last_0 + 1)
+    flat, peaked = result.position.reshape(2, 2_000, DIM)
+    variance = 1 / (1 + 1 / NOISE**2)
+    assert (flat.mean(0).abs() < 0.15).all() and (flat.std(0) - 1).abs().max() < 0.1
+    assert ((peaked.mean(0) - variance * X_O / NOISE**2).abs() < 0.05).all()
+
+
 def test_smc_rejects_bad_arguments():
     start = torch.randn(100, DIM)
     with pytest.raises(ValueError, match="0 < `target_ess` < 1"):
@@ -150,7 +172,7 @@ def test_smc_rejects_bad_arguments():
     with pytest.raises(ValueError, match="at least 2 particles for each of the 3"):
         smc(log_prior, log_likelihood, start, num_groups=3)
     with pytest.raises(RuntimeError, match="raise `max_steps`"):
-        smc(log_prior, lambda z: 1e4 * log_likelihood(z), start, max_steps=2)
+        smc(log_prior, lambda z, g: 1e4 * log_likelihood(z), start, max_steps=2)
 
 
 def test_a_theta_rounded_onto_the_bound_is_zero_density_not_nan():

@@ -695,12 +695,20 @@ class RatioMCMCPosterior(CheckedPosterior):
         n = max(num_samples, options.pop("num_particles", SMC_MIN_PARTICLES))
         n = islands * math.ceil(n / islands)
         target = self._target(x)
+
+        def log_prior(z: Tensor, groups: Tensor) -> Tensor:
+            return target.log_prior(z)
+
+        def log_ratio(z: Tensor, groups: Tensor) -> Tensor:
+            # Group g is island g % islands of observation g // islands.
+            return target.restrict(groups // islands).log_ratio(z)
+
         theta_0 = self.prior.sample((batch * n,)).to(self._device)
         result = smc(
-            target.log_prior,
-            target.log_ratio,
+            log_prior,
+            log_ratio,
             self.theta_transform(theta_0).detach(),
-            num_groups=batch * islands,  # observation-major, as the target's
+            num_groups=batch * islands,  # observation-major
             show_progress_bar=show,
             **options,
         )

@@ -17,6 +17,12 @@ __all__ = ["FunctionRatio", "PyroPotential", "RatioPotential", "Target", "log_ra
 # overflow, not a broken estimator. (SLCP's exact likelihood overflows to NaN
 # from |θ| ~ 1e10 on; HMC chains under a Gaussian prior reached 1e21 there.)
 Z_FAR = 1e3
+# The most rows one call of the network takes on a CPU: the cost per row of
+# sbi's residual classifier grew 2-3 times from 16,000 rows a call to 80,000
+# (its activations outgrow the cache), which made SMC's sample_batched on 20
+# observations slower than 20 sample calls (benchmarks/results/mcmc). A GPU
+# takes the whole batch.
+CPU_ROWS_PER_CALL = 16_384
 
 
 def log_ratio(estimator: nn.Module, theta: Tensor, x: Tensor) -> Tensor:
@@ -26,7 +32,8 @@ def log_ratio(estimator: nn.Module, theta: Tensor, x: Tensor) -> Tensor:
 
     Every path to the network goes through here: `sample` (`B = 1`, the rows of
     `x` i.i.d.), `sample_batched` (`n = 1`), the chains' initialization, the
-    potential and the check of `x`.
+    potential and the check of `x`. On a CPU, the rows go to the network in
+    calls of at most `CPU_ROWS_PER_CALL`.
 
     Arguments:
         estimator: Maps `(theta, x)` batches to log-ratios `(N,)` or `(N, 1)`.
@@ -41,7 +48,20 @@ def log_ratio(estimator: nn.Module, theta: Tensor, x: Tensor) -> Tensor:
     # sbi pairs them.
     theta_rows = theta[:, None].expand(batch, n, k, dim).reshape(-1, dim)
     x_rows = x[:, :, None].expand(batch, n, k, *x.shape[2:])
-    value = estimator(theta_rows, x_rows.reshape(-1, *x.shape[2:]))
+    x_rows = x_rows.reshape(-1, *x.shape[2:])
+    if theta_rows.device.type == "cpu" and len(theta_rows) > CPU_ROWS_PER_CALL:
+        value = torch.cat(
+            [
+                estimator(t, x_chunk).reshape(-1)
+                for t, x_chunk in zip(
+                    theta_rows.split(CPU_ROWS_PER_CALL),
+                    x_rows.split(CPU_ROWS_PER_CALL),
+                    strict=True,
+                )
+            ]
+        )
+    else:
+        value = estimator(theta_rows, x_rows)
     return value.reshape(batch, n, k).sum(1)
 
 
@@ -66,6 +86,8 @@ class Target:
         x: The observations, `(B, n, *x_shape)`.
         name_chains: Whether errors name the chain (Pyro's one-chain calls do
             not know theirs).
+        observations: The numbers of the observations, `(B,)`, that errors
+            name; `0 ... B - 1` when `None` for `B > 1`, none for one.
     """
 
     def __init__(
@@ -75,12 +97,28 @@ class Target:
         transform: Transform,
         x: Tensor,
         name_chains: bool = True,
+        observations: Tensor | None = None,
     ):
         self.estimator = estimator
         self.prior = prior
         self.transform = transform
         self.x = x
         self.name_chains = name_chains
+        if observations is None and len(x) > 1:
+            observations = torch.arange(len(x), device=x.device)
+        self.observations = observations
+
+    def restrict(self, index: Tensor) -> Target:
+        r"""The target of the observations `index` only, `(k,)` (repeats
+        allowed): its chains are those observations' blocks, in that order."""
+        index = index.to(self.x.device)
+        restricted = Target(
+            self.estimator, self.prior, self.transform, self.x[index], self.name_chains
+        )
+        restricted.observations = (
+            None if self.observations is None else self.observations[index]
+        )
+        return restricted
 
     def log_prior(self, z: Tensor) -> Tensor:
         r"""The prior's log-density in the unconstrained space, `(B C, D) ->
@@ -108,7 +146,9 @@ class Target:
             chain = "a chain"
             if self.name_chains:
                 b, c = divmod(i, len(value) // batch)
-                chain = f"chain {c}" + (f" of observation {b}" if batch > 1 else "")
+                chain = f"chain {c}"
+                if self.observations is not None:
+                    chain += f" of observation {int(self.observations[b])}"
             raise ValueError(
                 f"The potential is {value[i].item()} at {chain} ({int(bad.sum())} "
                 f"of {len(value)} chains), theta = {theta[i].tolist()}, inside the "

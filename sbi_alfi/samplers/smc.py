@@ -4,6 +4,7 @@ tempering, every particle one row of one batch."""
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import NamedTuple
 
 import torch
@@ -13,9 +14,10 @@ from tqdm.auto import tqdm
 from .adaptation import group_mean, initial_scale
 from .importance import systematic_resample
 from .mh import random_walk_step
-from .state import ChainState, LogDensity, checked
+from .state import ChainState, checked
 
 __all__ = [
+    "GroupLogDensity",
     "SMCInfo",
     "SMCResult",
     "SMCState",
@@ -31,12 +33,18 @@ _BISECTION_STEPS = 40
 _TARGET_ACCEPT = 0.234
 
 
-class SMCState(NamedTuple):
-    r"""`G` groups of `N` particles, group-major, each group tempering towards
-    its own target :math:`p(\theta) L(\theta)^{\beta}`."""
+#: Maps the particles of `k` groups, `(k * N, D)` group-major, and the groups'
+#: indices `(k,)` to log-densities `(k * N,)`: each group may have its own
+#: target (an observation), and only the groups still tempering are evaluated.
+GroupLogDensity = Callable[[Tensor, Tensor], Tensor]
 
-    position: Tensor  #: `(G * N, D)`, equally weighted after each step
-    log_likelihood: Tensor  #: :math:`\log L` at the particles, `(G * N,)`
+
+class SMCState(NamedTuple):
+    r"""`G` groups of `N` particles, each group tempering towards its own
+    target :math:`p(\theta) L(\theta)^{\beta}`."""
+
+    position: Tensor  #: `(G, N, D)`, equally weighted after each step
+    log_likelihood: Tensor  #: :math:`\log L` at the particles, `(G, N)`
     beta: Tensor  #: the groups' temperatures, `(G,)`
     log_evidence: Tensor  #: :math:`\log Z_\beta` estimated so far, `(G,)`
     scale: Tensor  #: the groups' random-walk scales, `(G,)`
@@ -46,8 +54,9 @@ class SMCInfo(NamedTuple):
     r"""What one tempering step did, per group."""
 
     ess: Tensor  #: of the incremental weights, as a fraction of `N`, `(G,)`
-    acceptance_rate: Tensor  #: mean over the moves, `(G,)`
-    num_moves: int  #: the Metropolis moves made
+    acceptance_rate: Tensor  #: mean over the group's moves, `(G,)`
+    num_moves: Tensor  #: the Metropolis moves each group made, `(G,)`
+    num_calls: int  #: the batched calls the moves took
 
 
 def _incremental(delta: Tensor, log_likelihood: Tensor) -> Tensor:
@@ -99,94 +108,108 @@ def next_temperature(log_likelihood: Tensor, beta: Tensor, target_ess: float) ->
 @torch.no_grad()
 def tempered_step(
     state: SMCState,
-    log_prior: LogDensity,
-    log_likelihood: LogDensity,
-    num_groups: int,
+    groups: Tensor,
+    log_prior: GroupLogDensity,
+    log_likelihood: GroupLogDensity,
     target_ess: float = 0.9,
     num_moves: int = 100,
     min_moves: int = 3,
     min_growth: float = 0.1,
 ) -> tuple[SMCState, SMCInfo]:
-    r"""One step of adaptive tempered SMC for every group: the next temperature
-    (:func:`next_temperature`), the evidence's increment
-    :math:`\log \frac1N \sum_i L(\theta_i)^{\delta}`, systematic resampling by
-    those weights, and random-walk Metropolis moves
+    r"""One step of adaptive tempered SMC for the groups of `state`: the next
+    temperature (:func:`next_temperature`), the evidence's increment
+    :math:`\log \frac1N \sum_i L(\theta_i)^{\delta}`, systematic resampling
+    by those weights, and random-walk Metropolis moves
     (:func:`~sbi_alfi.samplers.random_walk_step`) on the new tempered target,
     with the proposal's covariance the group's particle covariance and its
-    scale adapted towards an acceptance of 0.234 from move to move. The moves
-    go on (from `min_moves` to `num_moves`) until the particles' mean squared
-    distance from their resampled positions grows by less than `min_growth`
-    in a move, in every group.
+    scale adapted towards an acceptance of 0.234 from move to move. A group
+    moves (from `min_moves` to `num_moves` times) until its particles' mean
+    squared distance from their resampled positions grows by less than
+    `min_growth` in a move; the moves of the groups still moving are one
+    batched call each, so no group waits on another.
 
     Arguments:
-        state: The particles at their current temperatures.
-        log_prior: :math:`\log p`, positions `(G * N, D)` to `(G * N,)`.
-        log_likelihood: :math:`\log L`, the same shapes.
-        num_groups: `G`.
+        state: The particles at their current temperatures, `G` groups.
+        groups: The groups' indices `(G,)`, passed to the log-densities.
+        log_prior: :math:`\log p` (:data:`GroupLogDensity`).
+        log_likelihood: :math:`\log L`, the same.
         target_ess: The incremental weights' ESS aimed for, as a fraction.
         num_moves: The most Metropolis moves after resampling.
         min_moves: The fewest.
         min_growth: The relative growth of the mean squared jump below which
-            the moves stop.
+            a group stops moving.
 
     Returns:
         The new state and the step's :class:`SMCInfo`.
     """
-    total, dim = state.position.shape
-    n = total // num_groups
-    loglik = state.log_likelihood.reshape(num_groups, n)
-    delta = next_temperature(loglik, state.beta, target_ess)
-    log_w = _incremental(delta, loglik)
+    num_groups, n, dim = state.position.shape
+    delta = next_temperature(state.log_likelihood, state.beta, target_ess)
+    log_w = _incremental(delta, state.log_likelihood)
     log_evidence = state.log_evidence + log_w.logsumexp(-1) - math.log(n)
     ess = _ess_fraction(log_w)
-    offsets = torch.arange(num_groups, device=loglik.device)[:, None] * n
-    index = (systematic_resample(log_w, n) + offsets).reshape(-1)
-    position = state.position[index]
+    index = systematic_resample(log_w, n)  # (G, N)
+    resampled = state.position.gather(1, index[..., None].expand(-1, -1, dim))
     beta = (state.beta + delta).clamp(max=1)
-    beta_rows = beta.repeat_interleave(n)
-
-    def tempered(z: Tensor) -> Tensor:
-        return log_prior(z) + beta_rows * log_likelihood(z)
 
     # The proposal's shape is the particles' spread: after resampling they are
     # draws of the new target, so their covariance is the target's (Chopin, 2002).
-    centred = position.reshape(num_groups, n, dim)
-    centred = centred - centred.mean(1, keepdim=True)
+    centred = resampled - resampled.mean(1, keepdim=True)
     covariance = centred.mT @ centred / max(n - 1, 1)
     jitter = 1e-9 * covariance.diagonal(0, -2, -1).mean(-1).clamp(min=1e-12)
-    eye = torch.eye(dim, dtype=position.dtype, device=position.device)
+    eye = torch.eye(dim, dtype=resampled.dtype, device=resampled.device)
     scale_tril = torch.linalg.cholesky(covariance + jitter[:, None, None] * eye)
-    scale_tril = scale_tril.repeat_interleave(n, dim=0)
-    chain = ChainState(position, checked(tempered, position))
-    scale, accepted = state.scale, torch.zeros_like(state.scale)
+
+    def tempered(z: Tensor, some: Tensor) -> Tensor:
+        rows = beta[some].repeat_interleave(n)
+        return log_prior(z, groups[some]) + rows * log_likelihood(z, groups[some])
+
+    everyone = torch.arange(num_groups, device=resampled.device)
+    position = resampled.clone()
+    log_density = checked(
+        lambda z: tempered(z, everyone), position.reshape(-1, dim)
+    ).reshape(num_groups, n)
+    scale, accepted = state.scale.clone(), torch.zeros_like(state.scale)
     jump = torch.zeros_like(scale)
-    moves = 0
-    while moves < num_moves:
-        chain, accept_prob = random_walk_step(
-            chain, tempered, scale.repeat_interleave(n), scale_tril
+    moves = torch.zeros(num_groups, dtype=torch.long, device=scale.device)
+    moving, calls = torch.ones_like(moves, dtype=torch.bool), 0
+    while calls < num_moves and bool(moving.any()):
+        some = moving.nonzero()[:, 0]
+        chain = ChainState(
+            position[some].reshape(-1, dim), log_density[some].reshape(-1)
         )
-        moves += 1
-        rate = group_mean(accept_prob, num_groups)
-        accepted += rate
+        chain, accept_prob = random_walk_step(
+            chain,
+            lambda z, some=some: tempered(z, some),
+            scale[some].repeat_interleave(n),
+            scale_tril[some].repeat_interleave(n, dim=0),
+        )
+        position[some] = chain.position.reshape(-1, n, dim)
+        log_density[some] = chain.log_density.reshape(-1, n)
+        calls += 1
+        moves[some] += 1
+        rate = group_mean(accept_prob, len(some))
+        accepted[some] += rate
         # Robbins-Monro on the log-scale: a step of 1 per unit of missed rate.
-        scale = (scale * (rate - _TARGET_ACCEPT).exp()).clamp(1e-4, 1e2)
+        scale[some] = (scale[some] * (rate - _TARGET_ACCEPT).exp()).clamp(1e-4, 1e2)
         # Resampled copies of one particle must drift apart before the next
         # reweighting, else the modes' shares rest on few lineages: move until
         # the mean squared distance from the resampled positions grows by less
         # than `min_growth` in a move. (Chopin's `particles` stops on the mean
         # distance, AdaptiveMCMCSequence; the squared one stops later.)
-        previous = jump
-        jump = group_mean((chain.position - position).square().sum(-1), num_groups)
-        if moves >= min_moves and bool((jump < (1 + min_growth) * previous).all()):
-            break
+        new_jump = (position[some] - resampled[some]).square().sum(-1).mean(-1)
+        still = (moves[some] < min_moves) | (new_jump >= (1 + min_growth) * jump[some])
+        jump[some] = new_jump
+        moving[some] = still
     new = SMCState(
-        chain.position,
-        checked(log_likelihood, chain.position),
+        position,
+        checked(lambda z: log_likelihood(z, groups), position.reshape(-1, dim)).reshape(
+            num_groups, n
+        ),
         beta,
         log_evidence,
         scale,
     )
-    return new, SMCInfo(ess, accepted / max(moves, 1), moves)
+    return new, SMCInfo(ess, accepted / moves.clamp(min=1), moves, calls)
 
 
 class SMCResult(NamedTuple):
@@ -195,14 +218,14 @@ class SMCResult(NamedTuple):
     position: Tensor  #: `(G * N, D)`, equally weighted draws of each target
     log_evidence: Tensor  #: :math:`\log \int p(\theta) L(\theta) d\theta`, `(G,)`
     num_steps: Tensor  #: tempering steps each group took, `(G,)`
-    acceptance_rate: Tensor  #: mean over all moves, `(G,)`
+    acceptance_rate: Tensor  #: mean over the steps' moves, `(G,)`
     min_ess: Tensor  #: the smallest incremental ESS fraction, `(G,)`
-    num_moves: int  #: Metropolis moves in all, each one batched call
+    num_moves: int  #: the batched calls of all the Metropolis moves
 
 
 def smc(
-    log_prior: LogDensity,
-    log_likelihood: LogDensity,
+    log_prior: GroupLogDensity,
+    log_likelihood: GroupLogDensity,
     initial_position: Tensor,
     num_groups: int = 1,
     target_ess: float = 0.9,
@@ -222,10 +245,14 @@ def smc(
     incremental weights estimates the evidence
     :math:`Z = \mathbb{E}_{p}[L]`.
 
-    Every particle of every group is one row of the same calls to
-    `log_prior` and `log_likelihood`. Neither `sbi` nor Pyro has SMC on a
-    learned potential (Pyro's `SMCFilter` is for state-space models), hence
-    this module.
+    The particles form `G` groups, each with its own target (e.g. one per
+    observation) and its own temperatures. Every particle of every group still
+    tempering (or moving) is one row of the same calls to `log_prior` and
+    `log_likelihood`; a group that reached :math:`\beta = 1` (or stopped
+    moving) drops out of them, so no group waits on another: many
+    observations at once cost what they would one by one, in fewer calls.
+    Neither `sbi` nor Pyro has SMC on a learned potential (Pyro's `SMCFilter`
+    is for state-space models), hence this module.
 
     References:
         | Sequential Monte Carlo samplers (Del Moral et al., JRSS B 2006)
@@ -236,18 +263,19 @@ def smc(
         | https://doi.org/10.1111/j.1467-9469.2010.00723.x
 
     Arguments:
-        log_prior: :math:`\log p`, positions `(G * N, D)` to `(G * N,)`.
-        log_likelihood: :math:`\log L`, group `g`'s for rows `g * N` to
-            `(g + 1) * N - 1`; for a posterior of a ratio estimator, the
-            log-ratio.
+        log_prior: :math:`\log p` of the particles of the groups given
+            (:data:`GroupLogDensity`: `f(z, groups)`, `z` of shape
+            `(k * N, D)` group-major for the `k` groups `groups`).
+        log_likelihood: :math:`\log L`, the same; for a posterior of a ratio
+            estimator, the log-ratio of each group's observation.
         initial_position: Draws of the prior, `(G * N, D)`, group-major.
         num_groups: `G`.
         target_ess: The incremental weights' ESS aimed for, as a fraction of `N`.
         num_moves: The most Metropolis moves per tempering step.
         min_moves: The fewest.
-        min_growth: The moves stop when their mean squared jump from the
-            resampled positions grows by less than this fraction in a move
-            (:func:`tempered_step`).
+        min_growth: A group stops moving when its particles' mean squared jump
+            from the resampled positions grows by less than this fraction in a
+            move (:func:`tempered_step`).
         max_steps: The most tempering steps (a :class:`RuntimeError` beyond).
         show_progress_bar: Whether to show the temperature's progress.
 
@@ -256,9 +284,9 @@ def smc(
 
     Example:
         >>> import torch
-        >>> def log_prior(z):  # N(0, I)
+        >>> def log_prior(z, groups):  # N(0, I), every group's
         ...     return -0.5 * z.square().sum(-1)
-        >>> def log_likelihood(z):  # x = 1 observed with noise sd 0.5
+        >>> def log_likelihood(z, groups):  # x = 1 observed with noise sd 0.5
         ...     return -2 * (z - 1).square().sum(-1)
         >>> result = smc(log_prior, log_likelihood, torch.randn(2_000, 2))
         >>> result.position.mean(0)  # the posterior mean: 0.8
@@ -277,13 +305,21 @@ def smc(
             f"{num_groups} groups, as many for each, got {total}."
         )
     position = initial_position.detach()
+    groups = torch.arange(num_groups, device=position.device)
     with torch.no_grad():
-        loglik = checked(log_likelihood, position)
+        loglik = checked(lambda z: log_likelihood(z, groups), position)
     zeros = position.new_zeros(num_groups)
-    state = SMCState(position, loglik, zeros, zeros, zeros + initial_scale(dim))
+    # The fields are updated in place, group by group: each its own tensor.
+    state = SMCState(
+        position.reshape(num_groups, -1, dim).clone(),
+        loglik.reshape(num_groups, -1),
+        zeros.clone(),
+        zeros.clone(),
+        zeros + initial_scale(dim),
+    )
     steps = torch.zeros(num_groups, dtype=torch.long, device=position.device)
     accepted, min_ess = zeros.clone(), zeros + 1
-    total_moves = 0
+    total_calls = 0
     bar = tqdm(total=1.0, desc="SMC temperature", disable=not show_progress_bar)
     while bool((state.beta < 1).any()):
         if int(steps.max()) >= max_steps:
@@ -291,28 +327,30 @@ def smc(
                 f"SMC reached temperature {state.beta.min().item():.3g}, not 1, in "
                 f"{max_steps} steps: raise `max_steps` or lower `target_ess`."
             )
-        moving = state.beta < 1
-        state, info = tempered_step(
-            state,
+        active = (state.beta < 1).nonzero()[:, 0]
+        part, info = tempered_step(
+            SMCState(*(field[active] for field in state)),
+            active,
             log_prior,
             log_likelihood,
-            num_groups,
             target_ess,
             num_moves,
             min_moves,
             min_growth,
         )
-        total_moves += info.num_moves
-        steps += moving
-        accepted += torch.where(moving, info.acceptance_rate, 0.0)
-        min_ess = torch.where(moving, torch.minimum(min_ess, info.ess), min_ess)
+        for field, value in zip(state, part, strict=True):
+            field[active] = value
+        total_calls += info.num_calls
+        steps[active] += 1
+        accepted[active] += info.acceptance_rate
+        min_ess[active] = torch.minimum(min_ess[active], info.ess)
         bar.update(state.beta.min().item() - bar.n)
     bar.close()
     return SMCResult(
-        state.position,
+        state.position.reshape(total, dim),
         state.log_evidence,
         steps,
         accepted / steps.clamp(min=1),
         min_ess,
-        total_moves,
+        total_calls,
     )
