@@ -172,6 +172,7 @@ class ALFI:
         validation_fraction: float = 0.1,
         stop_after_epochs: int = 10,
         clip_max_norm: float | None = 5.0,
+        nll_beta: float = 0.5,
         num_training_steps: int | None = None,
         checkpoint_path: str | Path | None = None,
         resume: bool = False,
@@ -196,6 +197,10 @@ class ALFI:
             validation_fraction: The share of tasks held out for validation.
             stop_after_epochs: The patience of early stopping.
             clip_max_norm: The gradient norm is clipped to this; `None` disables it.
+            nll_beta: The :math:`\beta` of the :math:`\beta`-NLL loss
+                (:func:`~sbi_alfi.alfi.network.gaussian_nll`); 0 is the paper's
+                plain NLL, under which the Gaussian's :math:`\sigma` was never
+                learned at n = 500.
             num_training_steps: The number of recurrent steps during training;
                 `num_steps` when `None` (the paper trains Poisson on 5, tests on 15).
             checkpoint_path: When given, a checkpoint (tasks, machine, optimizer,
@@ -297,7 +302,7 @@ class ALFI:
             order = state["training"][torch.randperm(len(state["training"]))]
             for batch in order.split(training_batch_size):
                 nll = self._task_losses(
-                    machine, theta[batch], x[batch], num_training_steps
+                    machine, theta[batch], x[batch], num_training_steps, nll_beta
                 )
                 loss = (weights[:, None] * nll).sum(0).mean()
                 optimizer.zero_grad()
@@ -373,13 +378,19 @@ class ALFI:
         )
 
     def _task_losses(
-        self, machine: RecurrentMachine, theta: Tensor, x: Tensor, num_steps: int
+        self,
+        machine: RecurrentMachine,
+        theta: Tensor,
+        x: Tensor,
+        num_steps: int,
+        nll_beta: float = 0.0,
     ) -> Tensor:
-        r"""The losses :math:`-\log q(t(\theta^*) \mid \psi_t)` of a meta-batch, of
-        shape `(T + 1, B)`, for :math:`t = 0 \dots T`."""
+        r"""The losses :math:`-\log q(t(\theta^*) \mid \psi_t)` of a meta-batch
+        (their :math:`\beta`-NLL with `nll_beta`), of shape `(T + 1, B)`, for
+        :math:`t = 0 \dots T`."""
         psi = self._unroll(machine, x, num_steps)
         z_star = self._theta_transform(theta).clamp(-Z_MAX, Z_MAX)
-        return gaussian_nll(psi, z_star)
+        return gaussian_nll(psi, z_star, nll_beta)
 
     def _unroll(self, machine: RecurrentMachine, x: Tensor, num_steps: int) -> Tensor:
         r"""The proposals :math:`\psi_0 \dots \psi_T` for data sets `x`, from
@@ -405,7 +416,8 @@ class ALFI:
         weights: Tensor,
         batch_size: int,
     ) -> tuple[float, float]:
-        r"""The validation loss and the RMSE of :math:`t^{-1}(\mu_T)` to
+        r"""The validation loss (the plain NLL, whatever the training's
+        :math:`\beta`) and the RMSE of :math:`t^{-1}(\mu_T)` to
         :math:`\theta^*`, in parameter space."""
         machine.eval()
         losses, squared_errors = [], []

@@ -282,12 +282,30 @@ def unroll(
     return torch.stack(trajectory)
 
 
-def gaussian_nll(psi: Tensor, z: Tensor) -> Tensor:
+def gaussian_nll(psi: Tensor, z: Tensor, beta: float = 0.0) -> Tensor:
     r"""The negative log-density :math:`-\log q(z \mid \psi)` of the diagonal
-    Gaussian proposals `psi` of shape `(*, 2D)` at `z` of shape `(*, D)`."""
+    Gaussian proposals `psi` of shape `(*, 2D)` at `z` of shape `(*, D)`.
+
+    With `beta` > 0, its :math:`\beta`-NLL (Seitzer et al., 2022): each
+    coordinate's term weighted by :math:`\sigma^{2\beta}`, held constant in
+    the gradient. The plain NLL's gradient in :math:`\mu` is
+    :math:`(\mu - z) / \sigma^2`, so a coordinate whose :math:`\sigma` is wide
+    (one the network has not yet learned) hardly moves its mean, and stays
+    wide: the Gaussian's :math:`\sigma` was never learned with it
+    (`benchmarks/alfi_control.py`). The weights do not move the optimum, where
+    :math:`\sigma` is the error's scale.
+
+    References:
+        | On the Pitfalls of Heteroscedastic Uncertainty Estimation with
+        | Probabilistic Neural Networks (Seitzer et al., ICLR 2022)
+        | https://arxiv.org/abs/2203.09168
+    """
     mu, log_sigma = psi.chunk(2, dim=-1)
     u = (z - mu) / log_sigma.exp()
-    return (0.5 * u.square() + log_sigma + 0.5 * math.log(2 * math.pi)).sum(-1)
+    nll = 0.5 * u.square() + log_sigma + 0.5 * math.log(2 * math.pi)
+    if beta:
+        nll = nll * (2 * beta * log_sigma.detach()).exp()
+    return nll.sum(-1)
 
 
 def step_weights(num_steps: int) -> Tensor:
