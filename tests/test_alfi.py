@@ -96,6 +96,34 @@ def test_meta_training_learns(trained, held_out, poisson, figure):
             figure.at_most("RMSE / prior's RMSE", rmse / prior_rmse, 0.5)
 
 
+def test_a_scale_parameter_is_learned_at_n_500(seed, figure):
+    # The Gaussian's sigma at n = 500: with the paper's mean-pooled encoder and
+    # plain NLL, its error stayed at the prior's (benchmarks/alfi_control.py).
+    # Negative control: the same machine and budget with the plain NLL.
+    sim = Gaussian()
+    torch.manual_seed(seed + 7)
+    theta = sim.prior.sample((100,))
+    x = sim(theta[:, None].expand(-1, 500, -1))
+    prior_rmse = (sim.prior.mean[1] - theta[:, 1]).square().mean().sqrt()
+    for planted, beta in [("", 0.5), ("plain NLL", 0.0)]:
+        torch.manual_seed(seed)
+        inference = ALFI(sim.prior, sim, show_progress_bars=False, **BUDGET)
+        inference.train(
+            num_tasks=500,
+            num_observations=500,
+            learning_rate=3e-3,
+            max_num_epochs=8,
+            learning_rate_schedule="cosine",
+            nll_beta=beta,
+        )
+        estimate = inference.build_posterior().sample_batched((500,), x).mean(0)
+        rmse = (estimate[:, 1] - theta[:, 1]).square().mean().sqrt()
+        if planted:
+            figure.at_least("sigma's RMSE / prior's", rmse / prior_rmse, 0.5, planted)
+        else:
+            figure.at_most("sigma's RMSE / prior's", rmse / prior_rmse, 0.5)
+
+
 def test_early_stopping_restores_the_best_machine(poisson, tmp_path, seed, figure):
     path = tmp_path / "alfi.ckpt"
     inference = train(
