@@ -51,7 +51,7 @@ class RecurrentMachine(nn.Module):
     of per-point features reads a scale parameter only through features curved
     at that scale around an unknown location, which the paper's mean-only
     encoder learned far too slowly: read directly, without the recurrent step,
-    it left the Gaussian's σ at 317 times the MLE's median squared error after
+    it left the Gaussian's σ at 323 times the MLE's median squared error after
     the benchmark's 8 epochs (n = 500), where pooling the standard deviations
     too gave 12 times (`benchmarks/alfi_control.py`). The input data are
     z-scored with statistics of the meta-training data (buffers).
