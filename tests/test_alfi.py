@@ -97,19 +97,25 @@ def test_meta_training_learns(trained, held_out, poisson, figure):
 
 
 def test_a_scale_parameter_is_learned_at_n_500(seed, figure):
-    # The Gaussian's sigma at n = 500: with the paper's mean-pooled encoder and
-    # plain NLL, its error stayed at the prior's (benchmarks/alfi_control.py).
-    # Negative control: the same machine and budget with the plain NLL.
+    # The Gaussian's sigma at n = 500. Negative control: the paper's machine,
+    # mean pooling and the plain NLL, whose error stays at the prior's
+    # (benchmarks/alfi_control.py). Over 6 seeds: 0.12-0.17 against 0.95-1.0.
     sim = Gaussian()
     torch.manual_seed(seed + 7)
     theta = sim.prior.sample((100,))
     x = sim(theta[:, None].expand(-1, 500, -1))
     prior_rmse = (sim.prior.mean[1] - theta[:, 1]).square().mean().sqrt()
-    for planted, beta in [("", 0.5), ("plain NLL", 0.0)]:
+    for planted, pooling, beta in [("", "mean_sd", 0.5), ("paper's", "mean", 0.0)]:
         torch.manual_seed(seed)
-        inference = ALFI(sim.prior, sim, show_progress_bars=False, **BUDGET)
+        inference = ALFI(
+            sim.prior,
+            sim,
+            show_progress_bars=False,
+            machine_kwargs={"pooling": pooling},
+            **BUDGET,
+        )
         inference.train(
-            num_tasks=500,
+            num_tasks=1_000,
             num_observations=500,
             learning_rate=3e-3,
             max_num_epochs=8,
@@ -129,13 +135,14 @@ def test_early_stopping_restores_the_best_machine(poisson, tmp_path, seed, figur
     inference = train(
         poisson,
         seed,
-        max_num_epochs=30,
+        max_num_epochs=60,
         stop_after_epochs=1,
         num_tasks=100,
         checkpoint_path=path,
     )
     losses = inference.summary["validation_loss"]
-    figure.at_most("epochs run", len(losses), 29)  # stopped early...
+    # Over 20 seeds it stopped after 7 epochs (median), once after 30 or more.
+    figure.at_most("epochs run", len(losses), 59)  # stopped early...
     assert losses[-1] >= min(losses[:-1])  # ... after an epoch without improvement
     checkpoint = torch.load(path)
     assert checkpoint["best_loss"] == min(losses)
