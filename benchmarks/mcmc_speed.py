@@ -17,9 +17,12 @@ weights 0.1/0.2/0.3/0.4 (the exact ratio of a Gaussian mixture in a box) is
 sampled by the three vectorized methods under `--mixture-seeds` seeds: each
 mode's share of the draws against its weight, the C2ST against exact draws,
 the wall time. `sampler_speed.py` compares every method, Pyro's included, on 4
-tasks; this page says what the time is spent on. Writes README.md,
-results.csv, mixture.csv and a plot to benchmarks/results/mcmc/; `--parts`
-reruns one part and keeps the other's rows.
+tasks; this page says what the time is spent on. Last, the default
+classifier's cost per row (forward pass, 5-D θ and x, untrained: the cost
+does not depend on the weights) at 1,000 to 80,000 rows a call, which sets
+`CPU_ROWS_PER_CALL`. Writes README.md, results.csv, mixture.csv, rows.csv and
+a plot to benchmarks/results/mcmc/; `--parts` reruns some parts and keeps the
+others' rows.
 """
 
 from __future__ import annotations
@@ -96,6 +99,31 @@ def mixture_rows(seeds: list[int], num_samples: int) -> list[dict]:
             }
             print(row, flush=True)
             rows.append(row)
+    return rows
+
+
+ROW_COUNTS = [1_000, 4_000, 16_384, 40_000, 80_000]
+
+
+@torch.no_grad()
+def row_costs() -> list[dict]:
+    r"""Nanoseconds per row of the default classifier's forward pass, by rows a
+    call (median of 20 calls after one to warm up)."""
+    from sbi_alfi.aalr.inference import default_classifier
+
+    theta, x = torch.randn(1_000, 5), torch.randn(1_000, 5)
+    net = default_classifier()(theta, x).eval()
+    rows = []
+    for count in ROW_COUNTS:
+        theta, x = torch.randn(count, 5), torch.randn(count, 5)
+        net(theta, x)
+        times = []
+        for _ in range(20):
+            start = time.perf_counter()
+            net(theta, x)
+            times.append(time.perf_counter() - start)
+        rows.append({"rows": count, "ns_per_row": 1e9 * sorted(times)[10] / count})
+        print(rows[-1], flush=True)
     return rows
 
 
@@ -183,11 +211,17 @@ def measure(name: str, args) -> tuple[list[dict], dict]:
 
 
 def write(
-    rows: list[dict], infos: dict, mixture: list[dict], output: Path, args
+    rows: list[dict],
+    infos: dict,
+    mixture: list[dict],
+    costs: list[dict],
+    output: Path,
+    args,
 ) -> None:
     for name, fields, table in [
         ("results.csv", FIELDS, rows),
         ("mixture.csv", MIXTURE_FIELDS, mixture),
+        ("rows.csv", ["rows", "ns_per_row"], costs),
     ]:
         with open(output / name, "w", newline="") as file:
             writer = csv.DictWriter(file, fields)
@@ -263,6 +297,18 @@ def write(
                 f"| {int((error > 0.03).sum())} | {score.median():.3f} | "
                 f"{score.max():.3f} | {seconds.median():.2f} |"
             )
+    if costs:
+        lines += [
+            "",
+            "## The network's cost per row",
+            "",
+            "AALR's default classifier (`sbi`'s residual network, 128 hidden "
+            "features), forward pass on 5-D θ and x, median of 20 calls:",
+            "",
+            "| rows a call | ns per row |",
+            "| --- | --- |",
+            *(f"| {r['rows']:,.0f} | {r['ns_per_row']:.0f} |" for r in costs),
+        ]
     notes = output / "notes.md"
     if notes.exists():
         lines += ["", notes.read_text().strip()]
@@ -294,32 +340,40 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--mixture-seeds", type=int, default=20)
     parser.add_argument(
-        "--parts", nargs="+", choices=["tasks", "mixture"], default=["tasks", "mixture"]
+        "--parts",
+        nargs="+",
+        choices=["tasks", "mixture", "rows"],
+        default=["tasks", "mixture", "rows"],
     )
     parser.add_argument("--output", type=Path, default=RESULTS)
     args = parser.parse_args()
     args.output.mkdir(parents=True, exist_ok=True)
     warnings.simplefilter("ignore")
-    rows, infos, mixture = [], {}, []
+    rows, infos, mixture, costs = [], {}, [], []
     if "tasks" not in args.parts:  # the tasks' rows and notes of the last run
         rows, infos = _read_tasks(args.output)
     if "mixture" not in args.parts and (args.output / "mixture.csv").exists():
         mixture = _read(args.output / "mixture.csv")
+    if "rows" not in args.parts and (args.output / "rows.csv").exists():
+        costs = _read(args.output / "rows.csv")
     if "tasks" in args.parts:
         for name in args.tasks:
             task_rows, infos[name] = measure(name, args)
             rows += task_rows
-            write(rows, infos, mixture, args.output, args)
+            write(rows, infos, mixture, costs, args.output, args)
         (args.output / "infos.json").write_text(json.dumps(infos))
     if "mixture" in args.parts:
         mixture = mixture_rows(list(range(args.mixture_seeds)), args.num_samples)
-    write(rows, infos, mixture, args.output, args)
+    if "rows" in args.parts:
+        costs = row_costs()
+    write(rows, infos, mixture, costs, args.output, args)
 
 
 def _read(path: Path) -> list[dict]:
     with open(path) as file:
         return [
-            {k: v if k in ("task", "library", "method") else float(v)
+            {k: v if k in ("task", "library", "method") else
+             int(v) if k in ("seed", "rows") else float(v)
              for k, v in row.items()}
             for row in csv.DictReader(file)
         ]  # fmt: skip
