@@ -3,8 +3,10 @@ posterior, diagnostics, bad input."""
 
 import functools
 import re
+import sys
 import warnings
 
+import numpy as np
 import pytest
 import torch
 from sbi.utils import BoxUniform
@@ -857,6 +859,47 @@ def test_pyro_runs_its_chains_as_one_mcmc_in_parallel_processes(monkeypatch):
         assert not torch.equal(posterior.chains[0], posterior.chains[1])
         # 400 draws of NUTS: the mean's error is about sd / 20.
         assert ((samples.mean(0) - mean).abs() < 0.3 * sd).all()
+
+
+def test_a_run_as_arviz_inference_data(tmp_path, monkeypatch):
+    az = pytest.importorskip("arviz")  # the `arviz` extra, in `test`'s
+    posterior = RatioMCMCPosterior(
+        ExactRatio(),
+        prior_of("gaussian"),
+        "hmc_vectorized",
+        num_chains=20,
+        warmup_steps=100,
+        show_progress_bars=False,
+    )
+    with pytest.raises(ValueError, match="call `sample` or `sample_batched` first"):
+        posterior.get_arviz_inference_data()
+    posterior.sample((1_000,), x=X_O)
+    data = posterior.get_arviz_inference_data()
+    assert dict(data.posterior.sizes) == {"chain": 20, "draw": 50}
+    assert set(data.sample_stats) == {
+        "acceptance_rate",
+        "diverging",
+        "energy",
+        "n_steps",
+    }
+    assert np.array_equal(data.posterior["theta_1"].values, posterior.chains[..., 1])
+    summary = az.summary(data)
+    assert list(summary.index) == ["theta_0", "theta_1"]
+    mean, _ = exact_moments("gaussian")
+    assert np.allclose(summary["mean"].values, mean.numpy(), atol=0.05)
+    axes = az.plot_trace(data)
+    axes[0, 0].figure.savefig(tmp_path / "trace.png")
+    # One observation per coordinate after sample_batched; SMC's islands as chains.
+    posterior.sample_batched((100,), X_O[:2], method="mh_vectorized")
+    data = posterior.get_arviz_inference_data()
+    assert data.posterior["theta_0"].dims == ("chain", "draw", "observation")
+    assert az.summary(data).shape[0] == 2 * 2
+    posterior.sample((100,), x=X_O, method="smc_vectorized")
+    data = posterior.get_arviz_inference_data()
+    assert dict(data.posterior.sizes) == {"chain": 10, "draw": 400}
+    monkeypatch.setitem(sys.modules, "arviz", None)
+    with pytest.raises(ImportError, match=r"sbi-alfi\[arviz\]"):
+        posterior.get_arviz_inference_data()
 
 
 class NaNRatio(ExactRatio):

@@ -254,6 +254,7 @@ class RatioMCMCPosterior(CheckedPosterior):
         self.init_strategy = settings.init_strategy
         self.num_init_candidates = settings.num_init_candidates
         self.chains: Tensor | None = None
+        self._sample_stats: dict[str, Tensor] = {}
         self.diagnostics: dict[str, Tensor] = {}
         self._build(process_device(device))
 
@@ -501,6 +502,7 @@ class RatioMCMCPosterior(CheckedPosterior):
         # One observation: its chains and statistics without the batch dimension.
         if self.chains is not None:
             self.chains = self.chains[0]
+        self._sample_stats = {k: v[0] for k, v in self._sample_stats.items()}
         self.diagnostics = {
             k: v[0] if v.dim() else v for k, v in self.diagnostics.items()
         }
@@ -564,6 +566,7 @@ class RatioMCMCPosterior(CheckedPosterior):
         `chains` and `diagnostics`, with the observations first."""
         show = self.show_progress_bars if show is None else show
         batch, dim = len(x), theta_dim(self.prior)
+        self._sample_stats = {}
         if num_samples == 0:
             self.chains, self.diagnostics = None, {}
             return torch.zeros(0, batch, dim, device=self._device)
@@ -573,12 +576,19 @@ class RatioMCMCPosterior(CheckedPosterior):
         per_chain = _draws_per_chain(run, num_samples)
         z_0 = self._initial_positions(run, x)  # (B * C, D), observation-major
         if run.method.endswith("_pyro"):
-            z, kernel_diagnostics = self._run_pyro(run, z_0, per_chain, show, x)
+            z, kernel_diagnostics, stats = self._run_pyro(run, z_0, per_chain, show, x)
         else:
-            z, kernel_diagnostics = self._run_vectorized(run, z_0, per_chain, show, x)
+            z, kernel_diagnostics, stats = self._run_vectorized(
+                run, z_0, per_chain, show, x
+            )
         chains = self.theta_transform.inv(z).detach()
         chains = chains.reshape(batch, run.num_chains, per_chain, dim)
         self.chains = chains
+        # Each kept draw's statistics, (B, C, S), for ArviZ.
+        self._sample_stats = {
+            name: value.reshape(batch, run.num_chains, per_chain)
+            for name, value in stats.items()
+        }
         self._diagnose(run, chains, kernel_diagnostics)
         draws = chains.permute(2, 1, 0, 3).reshape(-1, batch, dim)  # chains in turn
         return draws[:num_samples]
@@ -629,7 +639,7 @@ class RatioMCMCPosterior(CheckedPosterior):
 
     def _run_vectorized(
         self, run: _Settings, z_0: Tensor, per_chain: int, show: bool, x: Tensor
-    ) -> tuple[Tensor, dict[str, Tensor]]:
+    ) -> tuple[Tensor, dict[str, Tensor], dict[str, Tensor]]:
         kernel_class = VectorizedHMC if run.method == "hmc_vectorized" else VectorizedMH
         kernel = kernel_class(
             self._target(x), z_0, num_groups=len(x), **self.kernel_kwargs
@@ -642,16 +652,18 @@ class RatioMCMCPosterior(CheckedPosterior):
         )
         mcmc.run()
         z = mcmc.get_samples()["theta"][:: run.thin]  # (S, B * C, D)
-        return z.transpose(0, 1), kernel.diagnostics()
+        stats = {k: v[:: run.thin].T for k, v in kernel.sample_stats().items()}
+        return z.transpose(0, 1), kernel.diagnostics(), stats
 
     def _run_pyro(
         self, run: _Settings, z_0: Tensor, per_chain: int, show: bool, x: Tensor
-    ) -> tuple[Tensor, dict[str, Tensor]]:
+    ) -> tuple[Tensor, dict[str, Tensor], dict[str, Tensor]]:
         r"""Pyro's HMC or NUTS: for each observation one `pyro.infer.MCMC` of
         `num_chains` chains, which Pyro runs in parallel processes when the
         CPUs allow (in `mp_context`, as `sbi` does) and in turn otherwise."""
         kernel_class = NUTS if run.method == "nuts_pyro" else HMC
         chains, stats = [], {"acceptance_rate": [], "divergences": []}
+        diverging = []
         for b, z_b in enumerate(z_0.reshape(len(x), run.num_chains, -1)):
             potential = PyroPotential(self._target(x[b : b + 1], name_chains=False))
             mcmc = MCMC(
@@ -677,8 +689,12 @@ class RatioMCMCPosterior(CheckedPosterior):
             stats["divergences"].append(
                 [len(diagnostics["divergences"][c]) for c in names]
             )
+            divergent = torch.zeros(run.num_chains, per_chain * run.thin, dtype=bool)
+            for c, name in enumerate(names):
+                divergent[c, diagnostics["divergences"][name]] = True
+            diverging.append(divergent[:, :: run.thin])
         stats = {k: torch.tensor(v).reshape(-1) for k, v in stats.items()}
-        return torch.cat(chains), stats
+        return torch.cat(chains), stats, {"diverging": torch.cat(diverging)}
 
     def _run_smc(self, num_samples: int, show: bool, x: Tensor) -> Tensor:
         r"""`num_samples` draws `(B, num_samples, D)` by tempered SMC
@@ -781,6 +797,52 @@ class RatioMCMCPosterior(CheckedPosterior):
             "Consider more warmup_steps or thinning, or, for a multimodal "
             "posterior, method='smc_vectorized'.",
             stacklevel=4,
+        )
+
+    def get_arviz_inference_data(self) -> Any:
+        r"""The last run as an ArviZ `InferenceData` (`pip install
+        'sbi-alfi[arviz]'`), for ArviZ's summaries and plots (`az.summary`,
+        `az.plot_trace`...).
+
+        Its `posterior` group holds one variable per parameter, `theta_0` ...
+        `theta_{D-1}`, with dimensions `(chain, draw)`, and `(chain, draw,
+        observation)` after `sample_batched`; SMC's islands are its chains and
+        their particles its draws. Its `sample_stats` hold each kept draw's
+        `acceptance_rate` (vectorized kernels), `diverging` (HMC and Pyro's
+        kernels), `energy` and `n_steps` (HMC). ArviZ reads the statistics of
+        long chains; for many short ones, `diagnostics["nested_r_hat"]` is the
+        one to trust.
+
+        Returns:
+            An `arviz.InferenceData`.
+        """
+        try:
+            import arviz as az
+        except ImportError as error:
+            raise ImportError(
+                "`get_arviz_inference_data` needs ArviZ, an optional extra: "
+                "pip install 'sbi-alfi[arviz]'."
+            ) from error
+        if self.chains is None:
+            raise ValueError(
+                "No run to convert: call `sample` or `sample_batched` first."
+            )
+        chains = self.chains.detach().cpu()
+        batched = chains.dim() == 4
+        if batched:  # (B, C, S, D) -> (C, S, B, D)
+            chains = chains.permute(1, 2, 0, 3)
+        posterior = {
+            f"theta_{d}": chains[..., d].numpy() for d in range(chains.shape[-1])
+        }
+        stats = {}
+        for name, value in self._sample_stats.items():
+            value = value.detach().cpu()
+            stats[name] = (value.permute(1, 2, 0) if batched else value).numpy()
+        dims = {name: ["observation"] for name in [*posterior, *stats]}
+        return az.from_dict(
+            posterior=posterior,
+            sample_stats=stats or None,
+            dims=dims if batched else None,
         )
 
     def __repr__(self) -> str:

@@ -2,6 +2,7 @@ r"""What the vectorized kernels share: Pyro's kernel interface over `C` chains."
 
 from __future__ import annotations
 
+import torch
 from pyro.infer.mcmc.mcmc_kernel import MCMCKernel
 from torch import Tensor
 
@@ -49,18 +50,27 @@ class VectorizedKernel(MCMCKernel):
         self._accepted = self._initial_position.new_zeros(num_chains)
         self._num_sampled = 0
         self._last_accept_prob = self._initial_position.new_ones(num_chains)
+        self._stats: dict[str, list[Tensor]] = {}
 
-    def _count(self, accept_prob: Tensor) -> bool:
-        r"""Records a transition's acceptance probabilities `(C,)`; returns
-        whether it was a warmup transition (which the mean acceptance after
-        warmup leaves out)."""
+    def _count(self, accept_prob: Tensor, **stats: Tensor) -> bool:
+        r"""Records a transition's acceptance probabilities `(C,)` and, after
+        warmup, its per-chain `stats` (ArviZ's names); returns whether it was
+        a warmup transition (which the mean acceptance leaves out)."""
         self._last_accept_prob = accept_prob
         warmup = self._t < self._warmup_steps
         if not warmup:
             self._accepted += accept_prob
             self._num_sampled += 1
+            for name, value in {"acceptance_rate": accept_prob, **stats}.items():
+                self._stats.setdefault(name, []).append(value)
         self._t += 1
         return warmup
+
+    def sample_stats(self) -> dict[str, Tensor]:
+        r"""Each transition's statistics after warmup, `(S, C)` per name, in
+        ArviZ's names (`acceptance_rate`, and for HMC `diverging`, `energy`,
+        `n_steps`)."""
+        return {name: torch.stack(values) for name, values in self._stats.items()}
 
     def acceptance_rate(self) -> Tensor:
         r"""Each chain's mean acceptance probability after warmup, `(C,)`."""

@@ -31,6 +31,7 @@ class HMCInfo(NamedTuple):
     divergent: Tensor  #: `(C,)`, energy error above 1000 or not finite
     proposal: Tensor  #: the trajectory's end, `(C, D)`
     velocity: Tensor  #: :math:`M^{-1} r` at the end, `(C, D)`
+    energy: Tensor  #: the Hamiltonian where each chain ends up, `(C,)`
 
 
 def hmc_step(
@@ -73,7 +74,9 @@ def hmc_step(
         state, end, torch.where(divergent, -torch.inf, -delta)
     )
     velocity = metric.velocity(end_momentum)
-    return new, HMCInfo(accept_prob, divergent, end.position, velocity)
+    moved = (new.position != state.position).any(-1)
+    energy = torch.where(moved, energy_new, energy_old)
+    return new, HMCInfo(accept_prob, divergent, end.position, velocity, energy)
 
 
 class VectorizedHMC(VectorizedKernel):
@@ -207,7 +210,13 @@ class VectorizedHMC(VectorizedKernel):
             self._per_chain(num_steps.long()),
             self._per_chain(self.inverse_mass),
         )
-        if self._count(info.accept_prob):
+        steps = self._per_chain(num_steps.long())
+        if self._count(
+            info.accept_prob,
+            diverging=info.divergent,
+            energy=info.energy,
+            n_steps=steps,
+        ):
             self._adapt(previous, info, self._per_chain(num_steps * self.step_size))
         else:
             self._divergences += info.divergent
