@@ -18,10 +18,10 @@ __all__ = ["FunctionRatio", "PyroPotential", "RatioPotential", "Target", "log_ra
 # from |θ| ~ 1e10 on; HMC chains under a Gaussian prior reached 1e21 there.)
 Z_FAR = 1e3
 # The most rows one call of the network takes on a CPU: the cost per row of
-# sbi's residual classifier grew 2-3 times from 16,000 rows a call to 80,000
-# (its activations outgrow the cache), which made SMC's sample_batched on 20
-# observations slower than 20 sample calls (benchmarks/results/mcmc). A GPU
-# takes the whole batch.
+# AALR's default classifier grows with the rows a call as its activations
+# outgrow the cache, from 2.4 us at 16,384 rows to 3.6 us at 80,000 (the rows
+# of SMC on 20 observations; benchmarks/results/mcmc). A GPU takes the whole
+# batch.
 CPU_ROWS_PER_CALL = 16_384
 
 
