@@ -10,6 +10,8 @@ PACKAGE = Path(__file__).parents[1] / "sbi_alfi"
 # Imported by the benchmark only, and installed by `make benchmark-install`
 # without its stale dependencies, so that no extra can declare it.
 BENCHMARK_ONLY = {"sbibm"}
+# The extras a user opts into: their modules are imported only where used.
+USER_EXTRAS = {"arviz"}
 
 
 def imported_modules(skip: Path | None = None) -> set[str]:
@@ -38,6 +40,12 @@ def test_every_import_is_a_declared_runtime_dependency():
         for r in requirements
         if "extra ==" not in r
     }
+    optional = {
+        canonical(re.match(r"[A-Za-z0-9_.-]+", r).group())
+        for r in requirements
+        if any(f'extra == "{extra}"' in r for extra in USER_EXTRAS)
+    }
+    assert optional, "the user-facing extras declare something"
     distributions = metadata.packages_distributions()
     modules = imported_modules()
     assert {"torch", "sbi", "sklearn", "scipy"} <= modules  # the scan sees them
@@ -47,6 +55,17 @@ def test_every_import_is_a_declared_runtime_dependency():
     undeclared = {
         module: distributions.get(module)
         for module in modules
-        if not {canonical(d) for d in distributions.get(module, [])} & runtime
+        if not {canonical(d) for d in distributions.get(module, [])}
+        & (runtime | optional)
     }
     assert not undeclared, f"imported but not declared in pyproject.toml: {undeclared}"
+    # An extra's module is imported inside the function that needs it, so that
+    # the package imports without it.
+    top_level = set()
+    for path in PACKAGE.rglob("*.py"):
+        for node in ast.parse(path.read_text()).body:
+            if isinstance(node, ast.Import):
+                top_level |= {alias.name.split(".")[0] for alias in node.names}
+            elif isinstance(node, ast.ImportFrom) and node.level == 0:
+                top_level.add(node.module.split(".")[0])
+    assert not top_level & {m for m in modules if canonical(m) in optional}
