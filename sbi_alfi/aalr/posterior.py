@@ -62,7 +62,7 @@ SUPERCHAIN_SIZE = 2
 # at once in `sample_batched`.
 INIT_ROWS_PER_CALL = 500_000
 # SMC's fewest particles per observation, whatever the draws asked for: with
-# 4,000, four unequal modes' shares in 2,000 draws came within 0.031 of their
+# 4,000, four unequal modes' shares in 2,000 draws came within 0.028 of their
 # weights over 20 seeds (benchmarks/results/seeds-nested).
 SMC_MIN_PARTICLES = 4_000
 # SMC tempers each observation's particles in this many independent islands:
