@@ -831,7 +831,9 @@ def test_aalr_trains_and_samples_on_cuda():
         assert draws.device.type == "cuda"
 
 
-def test_pyro_runs_its_chains_as_one_mcmc_in_parallel_processes(monkeypatch):
+def test_pyro_runs_its_chains_as_one_mcmc_in_parallel_processes(
+    monkeypatch, seed, figure
+):
     # Pyro runs the chains of one MCMC in parallel when it counts a CPU for
     # each; this machine may have 2 (then Pyro draws them in turn).
     import torch.multiprocessing as mp
@@ -844,7 +846,7 @@ def test_pyro_runs_its_chains_as_one_mcmc_in_parallel_processes(monkeypatch):
 
     # A module goes to sbi's "spawn" processes; the function, in "fork" ones.
     for estimator in [ExactRatio(), log_ratio]:
-        torch.manual_seed(0)
+        torch.manual_seed(seed)
         posterior = RatioMCMCPosterior(
             estimator,
             prior_of("gaussian"),
@@ -858,10 +860,11 @@ def test_pyro_runs_its_chains_as_one_mcmc_in_parallel_processes(monkeypatch):
         assert posterior.diagnostics["acceptance_rate"].shape == (2,)
         assert not torch.equal(posterior.chains[0], posterior.chains[1])
         # 400 draws of NUTS: the mean's error is about sd / 20.
-        assert ((samples.mean(0) - mean).abs() < 0.3 * sd).all()
+        # Over 20 seeds at most 0.13 (benchmarks/results/seeds-review).
+        figure.at_most("|mean error| / sd", (samples.mean(0) - mean).abs() / sd, 0.3)
 
 
-def test_a_run_as_arviz_inference_data(tmp_path, monkeypatch):
+def test_a_run_as_arviz_inference_data(tmp_path, monkeypatch, figure):
     az = pytest.importorskip("arviz")  # the `arviz` extra, in `test`'s
     posterior = RatioMCMCPosterior(
         ExactRatio(),
@@ -886,7 +889,8 @@ def test_a_run_as_arviz_inference_data(tmp_path, monkeypatch):
     summary = az.summary(data)
     assert list(summary.index) == ["theta_0", "theta_1"]
     mean, _ = exact_moments("gaussian")
-    assert np.allclose(summary["mean"].values, mean.numpy(), atol=0.05)
+    error = np.abs(summary["mean"].values - mean.numpy())
+    figure.at_most("|ArviZ's mean - exact|", error, 0.05)  # 20 seeds: <= 0.023
     axes = az.plot_trace(data)
     axes[0, 0].figure.savefig(tmp_path / "trace.png")
     # One observation per coordinate after sample_batched; SMC's islands as chains.

@@ -14,14 +14,16 @@ BENCHMARK_ONLY = {"sbibm"}
 USER_EXTRAS = {"arviz"}
 
 
-def imported_modules(skip: Path | None = None) -> set[str]:
+def imported_modules(skip: Path | None = None, module_level: bool = False) -> set[str]:
     """The top-level modules that the package's source imports, anywhere in it
-    but in `skip`."""
+    but in `skip` (with `module_level`, only in the modules' own statements,
+    not inside functions)."""
     modules = set()
     for path in PACKAGE.rglob("*.py"):
         if skip is not None and path.is_relative_to(skip):
             continue
-        for node in ast.walk(ast.parse(path.read_text())):
+        tree = ast.parse(path.read_text())
+        for node in tree.body if module_level else ast.walk(tree):
             if isinstance(node, ast.Import):
                 modules |= {alias.name.split(".")[0] for alias in node.names}
             elif isinstance(node, ast.ImportFrom) and node.level == 0:
@@ -61,11 +63,5 @@ def test_every_import_is_a_declared_runtime_dependency():
     assert not undeclared, f"imported but not declared in pyproject.toml: {undeclared}"
     # An extra's module is imported inside the function that needs it, so that
     # the package imports without it.
-    top_level = set()
-    for path in PACKAGE.rglob("*.py"):
-        for node in ast.parse(path.read_text()).body:
-            if isinstance(node, ast.Import):
-                top_level |= {alias.name.split(".")[0] for alias in node.names}
-            elif isinstance(node, ast.ImportFrom) and node.level == 0:
-                top_level.add(node.module.split(".")[0])
+    top_level = imported_modules(module_level=True)
     assert not top_level & {m for m in modules if canonical(m) in optional}

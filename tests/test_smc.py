@@ -143,7 +143,7 @@ def test_the_next_temperature_keeps_the_ess_aimed_for():
     assert torch.equal(flat, torch.tensor([1.0, 0.5]))
 
 
-def test_a_group_that_is_done_drops_out_of_the_calls():
+def test_a_group_that_is_done_drops_out_of_the_calls(figure):
     # Group 0's likelihood is flat: it reaches temperature 1 at once, and its
     # particles are not evaluated again; group 1's is the conjugate Gaussian's.
     seen = []
@@ -161,8 +161,11 @@ def test_a_group_that_is_done_drops_out_of_the_calls():
     assert len(seen) > 2 * (last_0 + 1)
     flat, peaked = result.position.reshape(2, 2_000, DIM)
     variance = 1 / (1 + 1 / NOISE**2)
-    assert (flat.mean(0).abs() < 0.15).all() and (flat.std(0) - 1).abs().max() < 0.1
-    assert ((peaked.mean(0) - variance * X_O / NOISE**2).abs() < 0.05).all()
+    # Over 20 seeds: 0.065, 0.041 and 0.030 at most (benchmarks/results/seeds-review).
+    figure.at_most("|prior's mean error|", flat.mean(0).abs(), 0.15)
+    figure.at_most("|prior's sd error|", (flat.std(0) - 1).abs(), 0.1)
+    error = (peaked.mean(0) - variance * X_O / NOISE**2).abs()
+    figure.at_most("|posterior's mean error|", error, 0.05)
 
 
 def test_smc_rejects_bad_arguments():
