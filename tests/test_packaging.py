@@ -11,7 +11,7 @@ PACKAGE = Path(__file__).parents[1] / "sbi_alfi"
 # without its stale dependencies, so that no extra can declare it.
 BENCHMARK_ONLY = {"sbibm"}
 # The extras a user opts into: their modules are imported only where used.
-USER_EXTRAS = {"arviz"}
+USER_EXTRAS = {"arviz", "dask", "ray"}
 
 
 def imported_modules(skip: Path | None = None, module_level: bool = False) -> set[str]:

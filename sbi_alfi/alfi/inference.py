@@ -18,7 +18,7 @@ from torch import Tensor, nn
 from torch.distributions import Distribution
 from tqdm.auto import tqdm
 
-from ..simulators import checked_simulation
+from ..simulation import checked_simulation
 from .network import RecurrentMachine, gaussian_nll, step_weights, unroll
 from .posterior import Z_MAX, ALFIPosterior, check_budget, simulate_standardized
 

@@ -17,7 +17,7 @@ from torch import Tensor
 from torch.distributions import Distribution, Independent, Normal
 
 from ..checked_posterior import CheckedPosterior
-from ..simulators import checked_simulation
+from ..simulation import checked_simulation
 from .network import RecurrentMachine, unroll
 
 __all__ = ["ALFIPosterior", "Trajectory"]

@@ -16,7 +16,7 @@ from torch import Tensor
 from torch.distributions import Distribution
 
 from ..checked_posterior import theta_dim
-from ..simulators import checked_simulation
+from ..simulation import checked_simulation
 
 __all__ = ["ROC", "Normalization", "ratio_normalization", "ratio_roc_auc"]
 

@@ -9,10 +9,9 @@ estimate where one exists.
 """
 
 from .base import Simulator
-from .checked import checked_simulation
 from .gaussian import Gaussian
 from .poisson import Poisson
 from .slcp import SLCP
 from .weinberg import Weinberg
 
-__all__ = ["SLCP", "Gaussian", "Poisson", "Simulator", "Weinberg", "checked_simulation"]
+__all__ = ["SLCP", "Gaussian", "Poisson", "Simulator", "Weinberg"]
