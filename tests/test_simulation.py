@@ -350,3 +350,34 @@ def test_a_store_on_disk_is_what_append_simulations_takes(tmp_path):
     assert torch.equal(x, y)
     prior = BoxUniform(torch.zeros(2), torch.ones(2))
     NRE_A(prior, show_progress_bars=False).append_simulations(theta, y)
+
+
+def test_alfi_meta_trains_and_infers_on_any_engine_with_the_same_draws(dask_clients):
+    from sbi_alfi import ALFI
+    from sbi_alfi.simulators import Poisson
+
+    poisson = Poisson()
+    runs = []
+    for engine in [InProcess(), dask_clients[1], 2]:
+        torch.manual_seed(0)
+        inference = ALFI(
+            poisson.prior,
+            poisson,
+            num_steps=2,
+            num_proposal_samples=3,
+            num_simulations_per_sample=2,
+            show_progress_bars=False,
+            engine=engine,
+            simulation_batch_size=50,
+        )
+        inference.train(
+            num_tasks=20, num_observations=10, training_batch_size=10, max_num_epochs=1
+        )
+        posterior = inference.build_posterior()
+        assert posterior.engine is engine
+        x_o = poisson(poisson.prior.sample((10,)))
+        runs.append((inference._machine.state_dict(), posterior.sample((5,), x=x_o)))
+    (weights, draws), *others = runs
+    for other_weights, other_draws in others:
+        assert all(torch.equal(weights[k], other_weights[k]) for k in weights)
+        assert torch.equal(draws, other_draws)

@@ -18,9 +18,15 @@ from torch import Tensor, nn
 from torch.distributions import Distribution
 from tqdm.auto import tqdm
 
-from ..simulation import checked_simulation
+from ..simulation import Engine
 from .network import RecurrentMachine, gaussian_nll, step_weights, unroll
-from .posterior import Z_MAX, ALFIPosterior, check_budget, simulate_standardized
+from .posterior import (
+    Z_MAX,
+    ALFIPosterior,
+    check_budget,
+    simulate_batch,
+    simulate_standardized,
+)
 
 __all__ = ["ALFI"]
 
@@ -75,6 +81,13 @@ class ALFI:
             `step_bound`).
         device: The training device, as in `sbi`.
         show_progress_bars: Whether to show progress bars.
+        engine: Where the simulator runs, for the meta-dataset, every recurrent
+            step of training (one fan-out for the whole meta-batch) and the
+            posterior: `None` (this process, directly), or any engine of
+            :func:`sbi_alfi.simulation.simulate`: a number of local processes, a
+            `dask.distributed.Client`, `"ray"`... Not pickled with the object:
+            set `inference.engine` again after loading.
+        simulation_batch_size: The rows of each chunk sent to a worker.
 
     Example:
         >>> import torch
@@ -102,8 +115,12 @@ class ALFI:
         machine_kwargs: dict[str, Any] | None = None,
         device: str | torch.device = "cpu",
         show_progress_bars: bool = True,
+        engine: Engine | Any | None = None,
+        simulation_batch_size: int = 100,
     ):
         check_budget(num_steps, num_proposal_samples, num_simulations_per_sample)
+        self.engine = engine
+        self.simulation_batch_size = simulation_batch_size
         if initial_proposal not in ("learned", "prior"):
             raise ValueError(
                 "`initial_proposal` must be 'learned' or 'prior', got "
@@ -155,8 +172,11 @@ class ALFI:
             desc="Simulating tasks",
             disable=not self._show_progress_bars,
         ):
-            x = checked_simulation(
-                self._simulator, chunk.repeat_interleave(num_observations, dim=0)
+            x = simulate_batch(
+                self._simulator,
+                chunk.repeat_interleave(num_observations, dim=0),
+                self.engine,
+                self.simulation_batch_size,
             ).to(device=self._device, dtype=torch.float32)
             xs.append(x.reshape(len(chunk), num_observations, *x.shape[1:]))
         return theta.to(self._device), torch.cat(xs)
@@ -374,7 +394,12 @@ class ALFI:
 
     def _simulate(self, z: Tensor) -> Tensor:
         return simulate_standardized(
-            self._simulator, self._theta_transform, z, self._device
+            self._simulator,
+            self._theta_transform,
+            z,
+            self._device,
+            self.engine,
+            self.simulation_batch_size,
         )
 
     def _task_losses(
@@ -453,6 +478,7 @@ class ALFI:
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
         state["_simulator"] = None  # sbi's wrapper is a closure; rebuilt on load
+        state["engine"] = None  # a cluster's client does not travel: set it again
         return state
 
     def __setstate__(self, state: dict[str, Any]) -> None:
@@ -504,6 +530,8 @@ class ALFI:
             prior_returns_numpy=self._prior_returns_numpy,
             processed_simulator=self._simulator,
             device=self._device,
+            engine=self.engine,
+            simulation_batch_size=self.simulation_batch_size,
         )
 
 

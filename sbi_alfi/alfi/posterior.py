@@ -17,7 +17,7 @@ from torch import Tensor
 from torch.distributions import Distribution, Independent, Normal
 
 from ..checked_posterior import CheckedPosterior
-from ..simulation import checked_simulation
+from ..simulation import Engine, checked_simulation, simulate
 from .network import RecurrentMachine, unroll
 
 __all__ = ["ALFIPosterior", "Trajectory"]
@@ -38,16 +38,44 @@ class Trajectory(NamedTuple):
     scale: Tensor  #: :math:`\sigma_t` in the standardized space, `(T + 1, D)`.
 
 
+def simulate_batch(
+    simulator: Callable[[Tensor], Tensor],
+    theta: Tensor,
+    engine: Engine | Any | None = None,
+    simulation_batch_size: int = 100,
+) -> Tensor:
+    r"""`x` for parameters `theta` `(N, D)`: in this process with `engine=None`,
+    else fanned out over `engine` in chunks of `simulation_batch_size`
+    (:func:`~sbi_alfi.simulation.simulate`, seeded from torch's generator, so
+    the draws are the same on every engine). Either way a failure raises a
+    `ValueError` naming the rows and θ."""
+    if engine is None:
+        return checked_simulation(simulator, theta)
+    seed = int(torch.randint(2**62, ()).item())
+    _, x = simulate(
+        simulator,
+        theta,
+        chunk_size=simulation_batch_size,
+        seed=seed,
+        engine=engine,
+        show_progress_bar=False,
+    )
+    return x
+
+
 def simulate_standardized(
     simulator: Callable[[Tensor], Tensor],
     theta_transform: TorchTransform,
     z: Tensor,
     device: torch.device,
+    engine: Engine | Any | None = None,
+    simulation_batch_size: int = 100,
 ) -> Tensor:
     r"""Simulates at standardized parameters `z` of shape `(N, D)`: every parameter
-    handed to the simulator lies in the prior's support by construction."""
+    handed to the simulator lies in the prior's support by construction. One
+    fan-out over `engine` (:func:`simulate_batch`) per call."""
     theta = theta_transform.inv(z.clamp(-Z_MAX, Z_MAX))
-    x = checked_simulation(simulator, theta)
+    x = simulate_batch(simulator, theta, engine, simulation_batch_size)
     return x.to(device=device, dtype=torch.float32)
 
 
@@ -114,8 +142,12 @@ class ALFIPosterior(CheckedPosterior):
         prior_returns_numpy: bool = False,
         processed_simulator: Callable | None = None,
         device: str | torch.device = "cpu",
+        engine: Engine | Any | None = None,
+        simulation_batch_size: int = 100,
     ):
         check_budget(num_steps, num_proposal_samples, num_simulations_per_sample)
+        self.engine = engine
+        self.simulation_batch_size = simulation_batch_size
         self.machine = machine.eval()
         self.prior = prior
         self.simulator = simulator
@@ -211,7 +243,12 @@ class ALFIPosterior(CheckedPosterior):
                 self.simulator, self.prior, self.prior_returns_numpy
             )
         return simulate_standardized(
-            self._processed_simulator, self.theta_transform, z, self._device
+            self._processed_simulator,
+            self.theta_transform,
+            z,
+            self._device,
+            self.engine,
+            self.simulation_batch_size,
         )
 
     def proposal(self, psi: Tensor) -> Distribution:
@@ -353,6 +390,7 @@ class ALFIPosterior(CheckedPosterior):
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
         state["_processed_simulator"] = None  # sbi's wrapper is a closure
+        state["engine"] = None  # a cluster's client does not travel: set it again
         return state
 
 

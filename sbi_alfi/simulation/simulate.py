@@ -24,7 +24,7 @@ __all__ = ["SimulationError", "simulate", "simulate_for_sbi"]
 InvalidX = Literal["raise", "exclude", "keep"]
 
 
-class SimulationError(RuntimeError):
+class SimulationError(ValueError):
     r"""The simulator raised, returned the wrong shape, or returned NaN/inf."""
 
 
