@@ -381,3 +381,17 @@ def test_alfi_meta_trains_and_infers_on_any_engine_with_the_same_draws(dask_clie
     for other_weights, other_draws in others:
         assert all(torch.equal(weights[k], other_weights[k]) for k in weights)
         assert torch.equal(draws, other_draws)
+
+
+def test_a_benchmark_task_simulates_on_an_engine(dask_clients):
+    from sbi_alfi.benchmark import make_task
+
+    task = make_task("gaussian_linear")
+    draws = []
+    for engine in [InProcess(), dask_clients[1]]:
+        task.engine = engine
+        torch.manual_seed(0)
+        draws.append(task.simulate(2_500))
+    (theta, x), (theta_, x_) = draws
+    assert theta.shape == (2_500, 5) and x.shape == (2_500, 5)
+    assert torch.equal(theta, theta_) and torch.equal(x, x_)

@@ -78,6 +78,12 @@ def parse(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "--quiet", action="store_true", help="no progress bar and no warnings"
     )
     parser.add_argument(
+        "--engine",
+        default=None,
+        help="where the training simulations run: a number of local processes, "
+        "'joblib', 'dask' (a local cluster) or 'ray' (default: this process)",
+    )
+    parser.add_argument(
         "--notes",
         default=None,
         help="a Markdown file whose text the page shows under the command",
@@ -100,6 +106,7 @@ def main(argv: Sequence[str] | None = None) -> None:
             num_samples=args.num_samples,
             cache=args.cache,
             show_progress_bars=not args.quiet,
+            engine=int(args.engine) if (args.engine or "").isdigit() else args.engine,
         )
     page = write_report(
         results,

@@ -30,14 +30,9 @@ class Run(NamedTuple):
     sample_seconds: float
 
 
-def _simulate(task: Task, num_simulations: int) -> tuple[Tensor, Tensor]:
-    theta = task.prior.sample((num_simulations,))
-    return theta, task.simulator(theta)
-
-
 def _sbi(cls, **posterior_kwargs) -> Callable:
     def run(task: Task, num_simulations: int, x_o: Tensor, num_samples: int):
-        theta, x = _simulate(task, num_simulations)
+        theta, x = task.simulate(num_simulations)
         inference = cls(task.prior, show_progress_bars=False)
         start = time.perf_counter()
         inference.append_simulations(theta, x).train()
@@ -67,7 +62,7 @@ def _aalr(
     routes are the same."""
 
     def run(task: Task, num_simulations: int, x_o: Tensor, num_samples: int):
-        theta, x = _simulate(task, num_simulations)
+        theta, x = task.simulate(num_simulations)
         factorized = iid and task.num_points > 1
         if factorized:  # the observations are flattened data sets
             x, x_o = (

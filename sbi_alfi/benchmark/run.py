@@ -3,12 +3,14 @@ reference, one row per run in a CSV that a later call resumes."""
 
 from __future__ import annotations
 
+import copy
 import csv
 import itertools
 import math
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
+from typing import Any
 
 import torch
 from sbi.utils.metrics import c2st
@@ -75,6 +77,7 @@ def run_benchmark(
     num_samples: int = 2_000,
     cache: str | Path | None = None,
     show_progress_bars: bool = True,
+    engine: Any = None,
 ) -> list[Result]:
     r"""Runs every method on every task, budget and seed, and appends each run's
     :class:`Result` to `output/results.csv` as soon as it is scored. Runs already
@@ -99,6 +102,10 @@ def run_benchmark(
         cache: The folder of the cached references; `output/references` when
             `None`.
         show_progress_bars: Whether to show a progress bar over the runs.
+        engine: Where the methods' training simulations run (:attr:`Task.engine`):
+            `None`, this process; any engine of
+            :func:`sbi_alfi.simulation.simulate`. ALFI's meta-training counts
+            its simulations as it goes and stays in this process.
 
     Returns:
         The results of the runs asked for, old and new.
@@ -135,6 +142,8 @@ def run_benchmark(
         bar.set_postfix_str(f"{name} {method} {budget} seed {seed}")
         if name not in loaded:
             task = by_name[name] if name in by_name else make_task(name)
+            task = copy.copy(task)  # the caller's task keeps its engine
+            task.engine = engine
             loaded[name] = task, prior_scale(task)
         task, scale = loaded[name]
         theta_o, x_o = task.observation(seed)

@@ -7,6 +7,7 @@ import hashlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 from sbi.utils import BoxUniform
@@ -20,10 +21,15 @@ from torch.distributions import (
 )
 
 from ..samplers import importance_resample
+from ..simulation import simulate
 from ..simulators import SLCP, Gaussian, Poisson, Weinberg
 from ..simulators.base import Simulator
 
 __all__ = ["TASKS", "SbibmTask", "Task", "make_task", "sbibm_task"]
+
+# The rows of a chunk when a task simulates on an engine: the benchmark's
+# simulators are batched and fast, so a chunk is a worker's share of a budget.
+SIMULATION_CHUNK_SIZE = 1_000
 
 
 @dataclass
@@ -50,6 +56,11 @@ class Task:
             observation is a data set of `num_points` i.i.d. points given
             :math:`\theta` (what ALFI takes); `simulator` itself when `None`.
         num_points: The points in one observation.
+        engine: Where the methods' training simulations run: `None` (this
+            process), or an engine of :func:`sbi_alfi.simulation.simulate` (a
+            number of local processes, a `dask.distributed.Client`, `"ray"`),
+            in chunks seeded from torch's generator, so a run draws the same
+            simulations on every engine (not those of `None`).
 
     Example:
         >>> import torch
@@ -74,6 +85,21 @@ class Task:
     posterior: Callable[[Tensor], Distribution] | None = None
     point_simulator: Callable[[Tensor], Tensor] | None = None
     num_points: int = 1
+    engine: Any = None
+
+    def simulate(self, num_simulations: int) -> tuple[Tensor, Tensor]:
+        r"""`num_simulations` pairs from the prior and the simulator, on
+        :attr:`engine`."""
+        theta = self.prior.sample((num_simulations,))
+        if self.engine is None:
+            return theta, self.simulator(theta)
+        return simulate(
+            self.simulator,
+            theta,
+            chunk_size=SIMULATION_CHUNK_SIZE,
+            engine=self.engine,
+            show_progress_bar=False,
+        )
 
     def __post_init__(self):
         if self.point_simulator is None:
