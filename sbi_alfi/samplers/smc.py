@@ -9,11 +9,14 @@ from typing import NamedTuple
 
 import torch
 from torch import Tensor
+from torch.distributions import Categorical, MixtureSameFamily, MultivariateNormal
 from tqdm.auto import tqdm
 
+from .accept import metropolis_accept
 from .adaptation import group_mean, initial_scale
 from .importance import systematic_resample
 from .mh import random_walk_step
+from .mixture import fit_gaussian_mixture
 from .state import ChainState, checked
 
 __all__ = [
@@ -115,6 +118,8 @@ def tempered_step(
     num_moves: int = 100,
     min_moves: int = 3,
     min_growth: float = 0.1,
+    mixture_components: int = 8,
+    refresh: float = 0.7,
 ) -> tuple[SMCState, SMCInfo]:
     r"""One step of adaptive tempered SMC for the groups of `state`: the next
     temperature (:func:`next_temperature`), the evidence's increment
@@ -122,11 +127,17 @@ def tempered_step(
     by those weights, and random-walk Metropolis moves
     (:func:`~sbi_alfi.samplers.random_walk_step`) on the new tempered target,
     with the proposal's covariance the group's particle covariance and its
-    scale adapted towards an acceptance of 0.234 from move to move. A group
-    moves (from `min_moves` to `num_moves` times) until its particles' mean
-    squared distance from their resampled positions grows by less than
-    `min_growth` in a move; the moves of the groups still moving are one
-    batched call each, so no group waits on another.
+    scale adapted towards an acceptance of 0.234 from move to move. Every
+    other move is an independence Metropolis-Hastings move from a mixture of
+    `mixture_components` Gaussians fitted to the group's resampled particles
+    (:func:`~sbi_alfi.samplers.mixture.fit_gaussian_mixture`): it carries
+    particles between modes in proportion to the target's mass there, which
+    local moves cannot, so that the modes' shares do not drift from one
+    resampling to the next. A group moves (from `min_moves` to `num_moves`
+    times) until its particles' mean squared distance from their resampled
+    positions grows by less than `min_growth` in a move and a `refresh`
+    fraction of them has taken an independence move; the moves of the groups
+    still moving are one batched call each, so no group waits on another.
 
     Arguments:
         state: The particles at their current temperatures, `G` groups.
@@ -138,6 +149,10 @@ def tempered_step(
         min_moves: The fewest.
         min_growth: The relative growth of the mean squared jump below which
             a group stops moving.
+        mixture_components: The Gaussians of the independence proposal; 0:
+            random-walk moves only.
+        refresh: The fraction of a group's particles that must have taken an
+            independence move before it stops moving.
 
     Returns:
         The new state and the step's :class:`SMCInfo`.
@@ -163,6 +178,15 @@ def tempered_step(
         rows = beta[some].repeat_interleave(n)
         return log_prior(z, groups[some]) + rows * log_likelihood(z, groups[some])
 
+    mixture = None
+    if mixture_components > 0:
+        fitted = fit_gaussian_mixture(resampled, mixture_components)
+        mixture = (
+            fitted.mixture_distribution.logits,
+            fitted.component_distribution.loc,
+            fitted.component_distribution.scale_tril,
+        )
+    refreshed = torch.zeros(num_groups, n, dtype=torch.bool, device=resampled.device)
     everyone = torch.arange(num_groups, device=resampled.device)
     position = resampled.clone()
     log_density = checked(
@@ -171,26 +195,40 @@ def tempered_step(
     scale, accepted = state.scale.clone(), torch.zeros_like(state.scale)
     jump = torch.zeros_like(scale)
     moves = torch.zeros(num_groups, dtype=torch.long, device=scale.device)
+    rw_moves = torch.zeros_like(moves)
     moving, calls = torch.ones_like(moves, dtype=torch.bool), 0
     while calls < num_moves and bool(moving.any()):
         some = moving.nonzero()[:, 0]
         chain = ChainState(
             position[some].reshape(-1, dim), log_density[some].reshape(-1)
         )
-        chain, accept_prob = random_walk_step(
-            chain,
-            lambda z, some=some: tempered(z, some),
-            scale[some].repeat_interleave(n),
-            scale_tril[some].repeat_interleave(n, dim=0),
-        )
+        target = lambda z, some=some: tempered(z, some)  # noqa: E731
+        independence = mixture is not None and calls % 2 == 1
+        if independence:
+            logits, loc, tril = (field[some] for field in mixture)
+            proposal = MixtureSameFamily(
+                Categorical(logits=logits), MultivariateNormal(loc, scale_tril=tril)
+            )
+            before = chain.position
+            chain = _independence_move(chain, target, proposal, n)
+            refreshed[some] |= (chain.position != before).any(-1).reshape(-1, n)
+        else:
+            chain, accept_prob = random_walk_step(
+                chain,
+                target,
+                scale[some].repeat_interleave(n),
+                scale_tril[some].repeat_interleave(n, dim=0),
+            )
         position[some] = chain.position.reshape(-1, n, dim)
         log_density[some] = chain.log_density.reshape(-1, n)
         calls += 1
         moves[some] += 1
-        rate = group_mean(accept_prob, len(some))
-        accepted[some] += rate
-        # Robbins-Monro on the log-scale: a step of 1 per unit of missed rate.
-        scale[some] = (scale[some] * (rate - _TARGET_ACCEPT).exp()).clamp(1e-4, 1e2)
+        if not independence:
+            rate = group_mean(accept_prob, len(some))
+            accepted[some] += rate
+            rw_moves[some] += 1
+            # Robbins-Monro on the log-scale: a step of 1 per unit of missed rate.
+            scale[some] = (scale[some] * (rate - _TARGET_ACCEPT).exp()).clamp(1e-4, 1e2)
         # Resampled copies of one particle must drift apart before the next
         # reweighting, else the modes' shares rest on few lineages: move until
         # the mean squared distance from the resampled positions grows by less
@@ -198,6 +236,8 @@ def tempered_step(
         # distance, AdaptiveMCMCSequence; the squared one stops later.)
         new_jump = (position[some] - resampled[some]).square().sum(-1).mean(-1)
         still = (moves[some] < min_moves) | (new_jump >= (1 + min_growth) * jump[some])
+        if mixture is not None:
+            still |= refreshed[some].float().mean(-1) < refresh
         jump[some] = new_jump
         moving[some] = still
     new = SMCState(
@@ -209,7 +249,27 @@ def tempered_step(
         log_evidence,
         scale,
     )
-    return new, SMCInfo(ess, accepted / moves.clamp(min=1), moves, calls)
+    return new, SMCInfo(ess, accepted / rw_moves.clamp(min=1), moves, calls)
+
+
+def _independence_move(
+    chain: ChainState, target, proposal: MixtureSameFamily, n: int
+) -> ChainState:
+    r"""One independence Metropolis-Hastings move of `k` groups of `n` chains,
+    each group from its own mixture (`proposal`, batch shape `(k,)`)."""
+    dim = chain.position.shape[-1]
+    z = proposal.sample((n,)).transpose(0, 1).reshape(-1, dim)  # group-major
+
+    def log_q(position: Tensor) -> Tensor:
+        return proposal.log_prob(position.reshape(-1, n, dim).transpose(0, 1)).mT
+
+    new = ChainState(z, checked(target, z))
+    log_alpha = (
+        new.log_density
+        - chain.log_density
+        + (log_q(chain.position) - log_q(z)).reshape(-1)
+    )
+    return metropolis_accept(chain, new, log_alpha)[0]
 
 
 class SMCResult(NamedTuple):
@@ -232,6 +292,8 @@ def smc(
     num_moves: int = 100,
     min_moves: int = 3,
     min_growth: float = 0.1,
+    mixture_components: int = 8,
+    refresh: float = 0.7,
     max_steps: int = 500,
     show_progress_bar: bool = False,
 ) -> SMCResult:
@@ -276,6 +338,10 @@ def smc(
         min_growth: A group stops moving when its particles' mean squared jump
             from the resampled positions grows by less than this fraction in a
             move (:func:`tempered_step`).
+        mixture_components: The Gaussians of the independence moves'
+            proposal (:func:`tempered_step`); 0: random-walk moves only.
+        refresh: The fraction of particles that must take an independence
+            move at each temperature.
         max_steps: The most tempering steps (a :class:`RuntimeError` beyond).
         show_progress_bar: Whether to show the temperature's progress.
 
@@ -337,6 +403,8 @@ def smc(
             num_moves,
             min_moves,
             min_growth,
+            mixture_components,
+            refresh,
         )
         for field, value in zip(state, part, strict=True):
             field[active] = value
