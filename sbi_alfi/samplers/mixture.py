@@ -59,7 +59,7 @@ def fit_gaussian_mixture(
     cov = (covariance / k ** (2 / dim))[:, None] + ridge
     log_weight = z.new_full((groups, k), -math.log(k))
     for _ in range(num_iterations):
-        components = MultivariateNormal(loc, cov)
+        components = MultivariateNormal(loc, cov, validate_args=False)
         # (N, G, 1, D) against the batch (G, K): (N, G, K), then (G, N, K).
         log_p = components.log_prob(z.transpose(0, 1)[:, :, None]).transpose(0, 1)
         log_p = log_p + log_weight[:, None]
@@ -71,6 +71,10 @@ def fit_gaussian_mixture(
         cov = torch.einsum("gnki,gnkj->gkij", weighted, diff) / mass[..., None, None]
         cov = cov + ridge
         log_weight = (mass / n).log()
+    # Unvalidated: the checks (a Cholesky factor per component) cost more
+    # than the fit, and the ridge keeps the covariances positive definite.
     return MixtureSameFamily(
-        Categorical(logits=log_weight), MultivariateNormal(loc, _WIDEN * cov)
+        Categorical(logits=log_weight, validate_args=False),
+        MultivariateNormal(loc, _WIDEN * cov, validate_args=False),
+        validate_args=False,
     )

@@ -207,7 +207,9 @@ def tempered_step(
         if independence:
             logits, loc, tril = (field[some] for field in mixture)
             proposal = MixtureSameFamily(
-                Categorical(logits=logits), MultivariateNormal(loc, scale_tril=tril)
+                Categorical(logits=logits, validate_args=False),
+                MultivariateNormal(loc, scale_tril=tril, validate_args=False),
+                validate_args=False,
             )
             before = chain.position
             chain = _independence_move(chain, target, proposal, n)
