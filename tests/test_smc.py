@@ -86,12 +86,14 @@ def test_smc_weighs_unequal_modes(figure):
     assert draws.shape == (2_000, 2) and len(torch.unique(draws, dim=0)) > 1_900
     figure.at_most("|share - weight|", (shares(draws) - weights).abs(), 0.08)
     assert abs(posterior.diagnostics["log_evidence"].item()) < 0.1
-    # The islands' ESS, set against the draws returned as the chains' is: 694
-    # to 2,710 of the 2,000 at seeds 0-4; the warning fires below 10 %.
+    # The islands' ESS, set against the draws returned as the chains' is (the
+    # warning fires below 10 %): 1.28 or more in the seed sweep
+    # (benchmarks/results/seeds-mixture).
     ess = posterior.diagnostics["nested_ess"].min() / 2_000
     figure.at_least("islands' nested ESS / draws", ess, 0.1)
     # Negative control: no Metropolis moves, so resampling copies a few
-    # particles over and over (35 to 155 effective draws at seeds 0-9): warns.
+    # particles over and over: all 4,000 particles returned are worth 35 to 182
+    # draws (seeds 0-9 of the example's run), and the warning fires.
     stuck = RatioMCMCPosterior(
         mixture_ratio(weights),
         prior,
@@ -100,8 +102,8 @@ def test_smc_weighs_unequal_modes(figure):
         kernel_kwargs={"num_moves": 0, "min_moves": 0},
     )
     with pytest.warns(UserWarning, match="SMC's islands disagree: nested R-hat"):
-        stuck.sample((2_000,), x=torch.zeros(2))
-    ess = stuck.diagnostics["nested_ess"].min() / 2_000
+        stuck.sample((4_000,), x=torch.zeros(2))
+    ess = stuck.diagnostics["nested_ess"].min() / 4_000
     figure.at_most("islands' nested ESS / draws", ess, 0.1, "no moves")
     # Negative control: the modes' weights all 1/4.
     equal = RatioMCMCPosterior(
