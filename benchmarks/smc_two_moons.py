@@ -1,14 +1,16 @@
-r"""A spot check of the default sampler on `sbibm`'s two_moons (a crescent-shaped,
-bimodal posterior): SMC against `sbi`'s slice sampler on one trained AALR
-network and observation 0, with C2ST against exact draws of the network's own
-posterior, as in `sampler_speed.py` (whose runners it uses).
+r"""A spot check of the default sampler on `sbibm`'s tasks (by default two_moons,
+a crescent-shaped, bimodal posterior): SMC against `sbi`'s slice sampler on
+one trained AALR network and observation 0, with C2ST against exact draws of
+the network's own posterior, as in `sampler_speed.py` (whose runners it uses).
 
-Writes `benchmarks/results/mcmc/two_moons.md`; needs `make benchmark-install`.
-Run as `python benchmarks/smc_two_moons.py`.
+Writes `benchmarks/results/mcmc/<task>.md` (`two_moons.md`...); needs
+`make benchmark-install`. Run as `python benchmarks/smc_two_moons.py
+[--tasks sbibm_two_moons sbibm_slcp ...]`.
 """
 
 from __future__ import annotations
 
+import argparse
 import sys
 import warnings
 from pathlib import Path
@@ -22,13 +24,21 @@ from sampler_speed import network_reference, run_ours, run_sbi
 from sbi_alfi import AALR
 from sbi_alfi.benchmark import make_task
 
-OUTPUT = Path(__file__).parent / "results" / "mcmc" / "two_moons.md"
+RESULTS = Path(__file__).parent / "results" / "mcmc"
 
 
 def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--tasks", nargs="+", default=["sbibm_two_moons"])
+    args = parser.parse_args()
     warnings.simplefilter("ignore")
     torch.set_num_threads(1)
-    task = make_task("sbibm_two_moons")
+    for name in args.tasks:
+        check(name, sys.argv[1:])
+
+
+def check(name: str, argv: list[str]) -> None:
+    task = make_task(name)
     torch.manual_seed(0)
     _, x_o = task.observation(0)
     x_o = x_o[None]
@@ -37,9 +47,10 @@ def main() -> None:
     estimator = estimator.append_simulations(theta, task.simulator(theta)).train()
     reference, _ = network_reference(estimator, task.prior, x_o, 2_000)
     lines = [
-        "# SMC on sbibm's two_moons",
+        f"# SMC on {name}",
         "",
-        f"`python benchmarks/{Path(__file__).name}`: AALR's default on 10,000 "
+        f"`python benchmarks/{' '.join([Path(__file__).name, *argv])}`: AALR's "
+        "default on 10,000 "
         "simulations, observation 0, 2,000 draws. ESS as in sampler_speed; "
         "C2ST (MLP) against exact draws of the network's posterior.",
         "",
@@ -57,7 +68,7 @@ def main() -> None:
             f"{row['ess'] / row['seconds']:.2f} | {score:.3f} |"
         )
         print(lines[-1], flush=True)
-    OUTPUT.write_text("\n".join(lines) + "\n")
+    (RESULTS / f"{name.removeprefix('sbibm_')}.md").write_text("\n".join(lines) + "\n")
 
 
 if __name__ == "__main__":

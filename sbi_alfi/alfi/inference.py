@@ -18,13 +18,12 @@ from torch import Tensor, nn
 from torch.distributions import Distribution
 from tqdm.auto import tqdm
 
-from ..simulation import Engine
+from ..simulation import Engine, simulate_batch
 from .network import RecurrentMachine, gaussian_nll, step_weights, unroll
 from .posterior import (
     Z_MAX,
     ALFIPosterior,
     check_budget,
-    simulate_batch,
     simulate_standardized,
 )
 

@@ -17,7 +17,7 @@ from torch import Tensor
 from torch.distributions import Distribution, Independent, Normal
 
 from ..checked_posterior import CheckedPosterior
-from ..simulation import Engine, checked_simulation, simulate
+from ..simulation import Engine, simulate_batch
 from .network import RecurrentMachine, unroll
 
 __all__ = ["ALFIPosterior", "Trajectory"]
@@ -36,31 +36,6 @@ class Trajectory(NamedTuple):
     std: Tensor  #: The proposals' standard deviations in parameter space, `(T + 1, D)`.
     loc: Tensor  #: :math:`\mu_t` in the standardized space, `(T + 1, D)`.
     scale: Tensor  #: :math:`\sigma_t` in the standardized space, `(T + 1, D)`.
-
-
-def simulate_batch(
-    simulator: Callable[[Tensor], Tensor],
-    theta: Tensor,
-    engine: Engine | Any | None = None,
-    simulation_batch_size: int = 100,
-) -> Tensor:
-    r"""`x` for parameters `theta` `(N, D)`: in this process with `engine=None`,
-    else fanned out over `engine` in chunks of `simulation_batch_size`
-    (:func:`~sbi_alfi.simulation.simulate`, seeded from torch's generator, so
-    the draws are the same on every engine). Either way a failure raises a
-    `ValueError` naming the rows and θ."""
-    if engine is None:
-        return checked_simulation(simulator, theta)
-    seed = int(torch.randint(2**62, ()).item())
-    _, x = simulate(
-        simulator,
-        theta,
-        chunk_size=simulation_batch_size,
-        seed=seed,
-        engine=engine,
-        show_progress_bar=False,
-    )
-    return x
 
 
 def simulate_standardized(

@@ -21,7 +21,7 @@ from torch.distributions import (
 )
 
 from ..samplers import importance_resample
-from ..simulation import simulate
+from ..simulation import simulate_batch
 from ..simulators import SLCP, Gaussian, Poisson, Weinberg
 from ..simulators.base import Simulator
 
@@ -91,15 +91,11 @@ class Task:
         r"""`num_simulations` pairs from the prior and the simulator, on
         :attr:`engine`."""
         theta = self.prior.sample((num_simulations,))
-        if self.engine is None:
-            return theta, self.simulator(theta)
-        return simulate(
-            self.simulator,
-            theta,
-            chunk_size=SIMULATION_CHUNK_SIZE,
-            engine=self.engine,
-            show_progress_bar=False,
+        # NaN/inf kept on every engine: the methods deal with them as sbi's do.
+        x = simulate_batch(
+            self.simulator, theta, self.engine, SIMULATION_CHUNK_SIZE, "keep"
         )
+        return theta, x
 
     def __post_init__(self):
         if self.point_simulator is None:

@@ -203,14 +203,14 @@ class VectorizedHMC(VectorizedKernel):
         length = u * self.trajectory_length
         num_steps = (length / self.step_size).ceil().clamp(1, self.max_num_steps)
         previous = self.state
+        steps = self._per_chain(num_steps.long())
         self.state, info = hmc_step(
             previous,
             self.log_density,
             self._per_chain(self.step_size),
-            self._per_chain(num_steps.long()),
+            steps,
             self._per_chain(self.inverse_mass),
         )
-        steps = self._per_chain(num_steps.long())
         if self._count(
             info.accept_prob,
             diverging=info.divergent,

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from functools import partial
 from typing import NamedTuple
 
 import torch
@@ -202,7 +203,7 @@ def tempered_step(
         chain = ChainState(
             position[some].reshape(-1, dim), log_density[some].reshape(-1)
         )
-        target = lambda z, some=some: tempered(z, some)  # noqa: E731
+        target = partial(tempered, some=some)
         independence = mixture is not None and calls % 2 == 1
         if independence:
             logits, loc, tril = (field[some] for field in mixture)

@@ -10,7 +10,13 @@ simulation out over an :class:`Engine` and keep it in a
 
 from .checked import checked_simulation
 from .engines import Dask, Engine, InProcess, Joblib, Ray, as_engine
-from .simulate import SimulationError, chunk_seed, simulate, simulate_for_sbi
+from .simulate import (
+    SimulationError,
+    chunk_seed,
+    simulate,
+    simulate_batch,
+    simulate_for_sbi,
+)
 from .store import SimulationStore
 
 __all__ = [
@@ -25,5 +31,6 @@ __all__ = [
     "checked_simulation",
     "chunk_seed",
     "simulate",
+    "simulate_batch",
     "simulate_for_sbi",
 ]

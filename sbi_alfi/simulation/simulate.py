@@ -16,10 +16,11 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from .checked import checked_simulation
 from .engines import Engine, as_engine
 from .store import SimulationStore
 
-__all__ = ["SimulationError", "simulate", "simulate_for_sbi"]
+__all__ = ["SimulationError", "simulate", "simulate_batch", "simulate_for_sbi"]
 
 InvalidX = Literal["raise", "exclude", "keep"]
 
@@ -286,6 +287,34 @@ def simulate(
         )
         theta, x = theta[valid.to(theta.device)], x[valid]
     return theta, x.to(theta.device)
+
+
+def simulate_batch(
+    simulator: Callable[[Tensor], Tensor],
+    theta: Tensor,
+    engine: Engine | str | int | Any | None = None,
+    chunk_size: int = 100,
+    invalid_x: InvalidX = "raise",
+) -> Tensor:
+    r"""`x` for parameters `theta` `(N, D)`, the way the package's methods
+    simulate: with `engine=None` one call in this process
+    (:func:`~sbi_alfi.simulation.checked_simulation` when `invalid_x` is
+    `"raise"`), else :func:`simulate` over `engine` in chunks of `chunk_size`,
+    seeded from torch's generator, so the draws are the same on every engine
+    (not those of `None`)."""
+    if engine is None:
+        if invalid_x == "raise":
+            return checked_simulation(simulator, theta)
+        return simulator(theta)
+    _, x = simulate(
+        simulator,
+        theta,
+        chunk_size=chunk_size,
+        engine=engine,
+        invalid_x=invalid_x,
+        show_progress_bar=False,
+    )
+    return x
 
 
 def simulate_for_sbi(
