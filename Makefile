@@ -36,12 +36,14 @@ demo: $(STAMP)
 	$(PY) -m sbi_alfi.demo
 
 # Two pytest workers with one torch thread each (conftest.py pins it): the same
-# code path on any machine, both cores of a 2-core one busy.
+# code path on any machine, both cores of a 2-core one busy. The tests that start
+# local Dask and Ray clusters share one worker (their `xdist_group`).
 WORKERS ?= 2
+XDIST := -n $(WORKERS) --dist loadgroup
 
 test: $(STAMP)
 	$(PY) -m ruff check .
-	$(PY) -m pytest -n $(WORKERS)
+	$(PY) -m pytest $(XDIST)
 
 # The tests on torch's generic CPU kernels (no AVX) and MKL's reproducible mode:
 # a different floating-point code path from this machine's default.
@@ -54,7 +56,7 @@ seed-sweep: $(STAMP)
 	$(PY) benchmarks/seed_sweep.py
 
 test-slow: $(STAMP)
-	$(PY) -m pytest -n $(WORKERS) -m slow
+	$(PY) -m pytest $(XDIST) -m slow
 
 lint: $(STAMP)
 	$(PY) -m ruff check .

@@ -20,6 +20,9 @@ from __future__ import annotations
 import json
 import os
 import random
+import signal
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -116,3 +119,59 @@ class Figures:
 def figure(request: pytest.FixtureRequest, seed: int) -> Figures:
     r"""Statistical assertions that record their figures (see :class:`Figures`)."""
     return Figures(request.node.nodeid, seed, request.config.getoption("figures"))
+
+
+# Local clusters. Dask's and Ray's need what a sandbox may forbid (TCP on
+# loopback, many processes); there a Ray that cannot reach its own GCS retries
+# forever. Each is first started in a fresh interpreter under a deadline: where
+# it does not come up, its tests are skipped with the reason instead of hanging.
+_DASK_PROBE = """
+from distributed import Client, LocalCluster
+with LocalCluster(n_workers=1, threads_per_worker=1, dashboard_address=":0") as c:
+    with Client(c) as client:
+        assert client.submit(abs, -1).result() == 1
+"""
+_RAY_PROBE = """
+import ray
+ray.init(address="local", num_cpus=1, include_dashboard=False, log_to_driver=False)
+assert ray.get(ray.remote(lambda: 1).remote()) == 1
+ray.shutdown()
+"""
+
+
+def _why_it_does_not_run(code: str, timeout: float = 180.0) -> str | None:
+    r"""None if `code` runs to its end in a new interpreter within `timeout`
+    seconds; else why not (the last line it printed, or the deadline)."""
+    process = subprocess.Popen(
+        [sys.executable, "-c", code],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,  # so that its daemons die with it
+    )
+    try:
+        output, _ = process.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.communicate()
+        return f"it did not start within {timeout:.0f} s"
+    if process.returncode:
+        lines = output.strip().splitlines() or [f"exit status {process.returncode}"]
+        return lines[-1]
+    return None
+
+
+@pytest.fixture(scope="session")
+def local_dask() -> None:
+    r"""Skips the test where a local Dask cluster cannot run."""
+    why = _why_it_does_not_run(_DASK_PROBE)
+    if why:
+        pytest.skip(f"a local Dask cluster does not run here: {why}")
+
+
+@pytest.fixture(scope="session")
+def local_ray() -> None:
+    r"""Skips the test where a local Ray cannot run."""
+    why = _why_it_does_not_run(_RAY_PROBE)
+    if why:
+        pytest.skip(f"a local Ray does not run here: {why}")

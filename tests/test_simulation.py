@@ -32,6 +32,10 @@ ray = pytest.importorskip("ray")
 
 THETA = torch.linspace(0, 1, 60).reshape(30, 2)
 
+# One test worker runs them all (`make test` distributes by group): one Ray and one
+# pair of Dask clusters at a time on the machine, not one per worker.
+pytestmark = pytest.mark.xdist_group("clusters")
+
 
 # The simulators are closures: cloudpickle sends them by value, so that Dask's,
 # Ray's and joblib's workers need not import this test module.
@@ -93,7 +97,7 @@ def slow_recorder(folder: str, seconds: float):
 
 
 @pytest.fixture(scope="module")
-def dask_clients():
+def dask_clients(local_dask):
     """A local Dask cluster of 1 and one of 2 worker processes."""
     clients = []
     for n in (1, 2):
@@ -109,7 +113,7 @@ def dask_clients():
 
 
 @pytest.fixture(scope="module")
-def ray_runtime():
+def ray_runtime(local_ray):
     """A local Ray of 2 CPUs. Ray runs its workers at niceness 15: beside the
     other test worker they would hardly run, so they get the default 0."""
     os.environ["RAY_worker_niceness"] = "0"
