@@ -1,11 +1,12 @@
 """Effective draws per second of every sampler on one trained ratio per task.
 
     python benchmarks/sampler_speed.py [--tasks ...] [--num-simulations 10000]
-        [--num-samples 2000] [--seed 0] [--output DIR]
+        [--num-samples 2000] [--repeats 3] [--seed 0] [--output DIR]
 
 For each task (by default a 5-D Gaussian, SLCP with its 4 modes, sbibm's
-crescent-shaped, bimodal two_moons and sbibm's SLCP), AALR's default is trained
-once; then every RatioMCMCPosterior method and sbi's MCMCPosterior
+crescent-shaped, bimodal two_moons, sbibm's SLCP and its 10-D
+gaussian_linear_uniform), AALR's default is trained once; then every
+RatioMCMCPosterior method and sbi's MCMCPosterior
 (slice_np_vectorized at sbi's defaults, nuts_pyro with 4 chains) sample the
 posterior of the same x_o on that network, one after another in this process.
 Each run reports its wall time, the smallest effective sample size over
@@ -17,7 +18,11 @@ The ESS is read the same way for every method: K / (nested R-hat^2 - 1) over
 the run's K independent starts (sbi-alfi's superchains, sbi's and Pyro's
 chains, SMC's islands), the between-start spread of the means against the
 within; Pyro's bulk ESS of the chains is shown beside it where there are
-chains. Writes results.csv, README.md and a plot to
+chains. From 10 to 50 starts, one run's nested R-hat is a noisy figure (its ESS
+varied 2-fold between seeds of one method), so the methods that take seconds
+run `--repeats` times on other seeds and their starts are pooled: the ESS of
+one run is the pooled one over the repeats, its time the mean. Pyro's methods,
+which take minutes, run once. Writes results.csv, README.md and a plot to
 benchmarks/results/sampler_speed/.
 """
 
@@ -39,7 +44,6 @@ import matplotlib.pyplot as plt
 import torch
 from sbi.inference import MCMCPosterior, ratio_estimator_based_potential
 from sbi.utils.metrics import c2st
-from torch import Tensor
 
 from sbi_alfi import AALR, RatioMCMCPosterior
 from sbi_alfi.aalr.posterior import SUPERCHAIN_SIZE
@@ -48,9 +52,17 @@ from sbi_alfi.diagnostics import convergence, nested_ess
 from sbi_alfi.samplers import DefensiveProposal, importance_resample
 
 RESULTS = Path(__file__).parent / "results" / "sampler_speed"
-TASKS = ["gaussian_linear", "slcp", "sbibm_two_moons", "sbibm_slcp"]
+TASKS = [
+    "gaussian_linear",
+    "slcp",
+    "sbibm_two_moons",
+    "sbibm_slcp",
+    "sbibm_gaussian_linear_uniform",
+]
 OURS = ["hmc_vectorized", "mh_vectorized", "smc_vectorized", "hmc_pyro", "nuts_pyro"]
 SBI = {"slice_np_vectorized": {}, "nuts_pyro": {"num_chains": 4}}
+# Run once whatever --repeats says: they take minutes.
+ONCE = {"hmc_pyro", "nuts_pyro"}
 
 
 def network_reference(estimator, prior, x_o, num_samples):
@@ -86,8 +98,9 @@ def run_ours(estimator, prior, x_o, method, num_samples):
     steps = posterior.diagnostics.get("num_steps")
     return {
         "samples": samples.detach(),
+        "chains": chains,
+        "superchain": size,
         "seconds": seconds,
-        "ess": _returned(nested_ess(chains, size), chains, num_samples),
         "bulk_ess": bulk,
         "starts": len(chains) // size,  # independent starts
         "leapfrog": float(steps) if steps is not None else math.nan,
@@ -110,25 +123,45 @@ def run_sbi(estimator, prior, x_o, method, num_samples, settings):
         chains = transform.inv(next(iter(chains.values())))
     return {
         "samples": samples.detach(),
+        "chains": chains,
+        "superchain": 1,
         "seconds": seconds,
-        "ess": _returned(nested_ess(chains, 1), chains, num_samples),
         "bulk_ess": float(convergence(chains)[1].min()),
         "starts": num_chains,
         "leapfrog": math.nan,
     }
 
 
-def _returned(ess: Tensor, chains: Tensor, num_samples: int) -> float:
-    r"""The smallest ESS over parameters, of the draws returned: a run that
-    draws more than asked for (SMC's 4,000 particles at least, MCMC's 10
-    draws per chain at least) is credited the returned share."""
+def _pooled(results: list[dict], num_samples: int) -> dict:
+    r"""One row for the repeats of a method: the ESS of one run read off all
+    their starts pooled (the smallest over parameters, of the draws returned: a
+    run that draws more than asked for, SMC's 4,000 particles at least, MCMC's
+    10 draws per chain at least, is credited the returned share), the mean wall
+    time and bulk ESS, and the first run's draws for the C2ST."""
+    repeats = len(results)
+    chains = torch.cat([r["chains"] for r in results])
     drawn = chains.shape[0] * chains.shape[1]
-    return float(ess.min()) * min(1.0, num_samples / drawn)
+    ess = float(nested_ess(chains, results[0]["superchain"]).min())
+    ess *= min(1.0, repeats * num_samples / drawn) / repeats
+
+    def mean(key: str) -> float:
+        return sum(r[key] for r in results) / repeats
+
+    return {
+        "samples": results[0]["samples"],
+        "seconds": mean("seconds"),
+        "ess": ess,
+        "bulk_ess": mean("bulk_ess"),
+        "starts": results[0]["starts"],
+        "leapfrog": mean("leapfrog"),
+        "repeats": repeats,
+    }
 
 
 FIELDS = [
     "task", "library", "method", "seconds", "ess", "ess_per_second", "bulk_ess",
     "starts", "leapfrog", "c2st", "x_slice", "train_seconds", "reference_ess",
+    "repeats",
 ]  # fmt: skip
 
 
@@ -148,13 +181,16 @@ def measure(name: str, args) -> list[dict]:
     reference, reference_ess = network_reference(estimator, task.prior, x_o, n)
     # The first sampling call in a process pays one-time set-up costs.
     run_ours(estimator, task.prior, x_o, "hmc_vectorized", 100)
+    runs = [("sbi-alfi", method, run_ours, ()) for method in OURS]
+    runs += [("sbi", method, run_sbi, (kw,)) for method, kw in SBI.items()]
     rows = []
-    for method in OURS:
-        row = run_ours(estimator, task.prior, x_o, method, n)
-        rows.append({"library": "sbi-alfi", "method": method, **row})
-    for method, settings in SBI.items():
-        row = run_sbi(estimator, task.prior, x_o, method, n, settings)
-        rows.append({"library": "sbi", "method": method, **row})
+    for library, method, runner, settings in runs:
+        repeats = 1 if method in ONCE else args.repeats
+        results = []
+        for repeat in range(repeats):
+            torch.manual_seed(args.seed + 1_000 * repeat)
+            results.append(runner(estimator, task.prior, x_o, method, n, *settings))
+        rows.append({"library": library, "method": method, **_pooled(results, n)})
     slice_rate = next(
         r["ess"] / r["seconds"] for r in rows if r["method"] == "slice_np_vectorized"
     )
@@ -180,13 +216,16 @@ def write(rows: list[dict], output: Path, args) -> None:
     lines = [
         "# Sampler speed on one trained ratio per task",
         "",
-        f"`python benchmarks/sampler_speed.py --seed {args.seed}` on "
+        f"`python benchmarks/sampler_speed.py --seed {args.seed} --repeats "
+        f"{args.repeats}` on "
         f"{platform.machine()}, {torch.get_num_threads()} threads, torch "
         f"{torch.__version__}: AALR's default trained on "
         f"{args.num_simulations:,} simulations per task, {args.num_samples} draws "
         "of the posterior of the task's observation (seed's) by each method in "
-        "turn, in one process. ESS: K / (nested R-hat² − 1) over the run's K "
-        "independent starts, the smallest over parameters, times the share of "
+        "turn, in one process, each method but Pyro's `repeats` times on other "
+        "seeds (wall s: the mean). ESS of one run: K / (nested R-hat² − 1) over "
+        "the K independent starts of all repeats, divided by the repeats, the "
+        "smallest over parameters, times the share of "
         "the draws made that are returned (SMC makes 4,000 at least); bulk ESS: "
         "Pyro's, of all draws made, "
         "of the chains. C2ST: MLP, against exact draws of the same network's "
@@ -202,13 +241,14 @@ def write(rows: list[dict], output: Path, args) -> None:
             f"Training {first['train_seconds']:.0f} s; reference weights' ESS "
             f"{first['reference_ess']:,.0f}.",
             "",
-            "| library | method | wall s | starts | ESS | ESS/s | × slice | bulk ESS "
-            "| leapfrog steps / transition | C2ST |",
-            "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+            "| library | method | repeats | wall s | starts | ESS | ESS/s | × slice "
+            "| bulk ESS | leapfrog steps / transition | C2ST |",
+            "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
         ]
         for r in task_rows:
             lines.append(
-                f"| {r['library']} | {r['method']} | {r['seconds']:.1f} | "
+                f"| {r['library']} | {r['method']} | {int(r['repeats'])} | "
+                f"{r['seconds']:.1f} | "
                 f"{int(r['starts'])} | {r['ess']:.0f} | {r['ess_per_second']:.1f} | "
                 f"{r['x_slice']:.2f} | {_blank(r['bulk_ess'], '.0f')} | "
                 f"{_blank(r['leapfrog'], '.1f')} | {r['c2st']:.3f} |"
@@ -254,6 +294,7 @@ def main() -> None:
     parser.add_argument("--tasks", nargs="+", default=TASKS)
     parser.add_argument("--num-simulations", type=int, default=10_000)
     parser.add_argument("--num-samples", type=int, default=2_000)
+    parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--output", type=Path, default=RESULTS)
     args = parser.parse_args()

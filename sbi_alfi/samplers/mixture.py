@@ -17,13 +17,21 @@ _RIDGE = 1e-3
 # The components' covariances widened by this factor: an independence proposal
 # must not be lighter-tailed than its target where the target has mass.
 _WIDEN = 1.2
+# The fewest points per parameter of a component (mean and covariance): fewer
+# components where the points are few for the dimension. On sbibm's 10-D
+# gaussian_linear_uniform (400 particles per island) 8 components gave SMC half
+# the effective draws per second of 2; SLCP's 4 modes (5-D) kept their shares
+# with 6 (benchmarks/results/mcmc).
+_POINTS_PER_PARAMETER = 3
 
 
 def fit_gaussian_mixture(
     z: Tensor, num_components: int, num_iterations: int = 15
 ) -> MixtureSameFamily:
     r"""A mixture of `num_components` Gaussians fitted by expectation-maximization
-    to each group of points, all groups at once.
+    to each group of points, all groups at once; fewer where the points are too
+    few to fit that many (at least 3 points per parameter of a component,
+    :math:`D + D (D + 1) / 2` of them).
 
     `scikit-learn`'s `GaussianMixture` fits one set of points at a time on NumPy;
     SMC needs one fit per group (observation and island) at every temperature, on
@@ -33,7 +41,7 @@ def fit_gaussian_mixture(
 
     Arguments:
         z: Points `(G, N, D)`.
-        num_components: `K`, at most `N`.
+        num_components: The most components `K`.
         num_iterations: EM iterations.
 
     Returns:
@@ -48,7 +56,8 @@ def fit_gaussian_mixture(
                  [4., 4.]]])
     """
     groups, n, dim = z.shape
-    k = min(num_components, n)
+    parameters = dim + dim * (dim + 1) // 2
+    k = max(1, min(num_components, n // (_POINTS_PER_PARAMETER * parameters)))
     start = torch.rand(groups, n, device=z.device).argsort(-1)[:, :k]
     loc = z.gather(1, start[..., None].expand(-1, -1, dim))  # (G, K, D)
     centred = z - z.mean(1, keepdim=True)
