@@ -276,6 +276,10 @@ def main() -> None:
         "",
         *coverage_rows(result),
         "",
+        "The final proposal's σ per parameter is multiplied by "
+        + ", ".join(f"{v:.3g}" for v in result["posterior"].machine.scale_calibration)
+        + " (the scale calibration, from the held-out tasks; 1 before it).",
+        "",
         "Validation RMSE per epoch: "
         + ", ".join(f"{v:.3g}" for v in result["summary"]["validation_rmse"]),
     ]

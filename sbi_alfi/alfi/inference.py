@@ -19,6 +19,7 @@ from torch.distributions import Distribution
 from tqdm.auto import tqdm
 
 from ..simulation import Engine, simulate_batch
+from .calibration import scale_calibration
 from .network import RecurrentMachine, gaussian_nll, step_weights, unroll
 from .posterior import (
     Z_MAX,
@@ -193,6 +194,7 @@ class ALFI:
         clip_max_norm: float | None = 5.0,
         nll_beta: float = 0.5,
         num_training_steps: int | None = None,
+        calibrate_scale: bool = True,
         checkpoint_path: str | Path | None = None,
         resume: bool = False,
     ) -> RecurrentMachine:
@@ -201,7 +203,15 @@ class ALFI:
         Every recurrent step calls the simulator once for the whole meta-batch
         (tasks x draws x simulations). A `validation_fraction` of the tasks is held
         out; training stops after `stop_after_epochs` epochs without a lower
-        validation loss and the best machine is restored.
+        validation loss and the best machine is restored. With
+        `calibrate_scale`, the final proposal's scales are set to the errors
+        they should measure: each parameter's :math:`\sigma_T` is multiplied
+        by the factor whose 50/80/95 % central intervals best cover the
+        held-out tasks' :math:`\theta^*` in the validation pass
+        (:func:`~sbi_alfi.alfi.calibration.scale_calibration`). A machine
+        fitted to its training tasks is more confident than its errors on new
+        ones: on Poisson at n = 500 its 50/80/95 % intervals covered θ* 38/63/82 %
+        of the time (`benchmarks/alfi_paper.py`).
 
         Arguments:
             num_tasks: The number of tasks :math:`(\theta^*_i, x^*_i)`.
@@ -222,6 +232,9 @@ class ALFI:
                 learned at n = 500.
             num_training_steps: The number of recurrent steps during training;
                 `num_steps` when `None` (the paper trains Poisson on 5, tests on 15).
+            calibrate_scale: Whether to calibrate the final proposal's scales on
+                the held-out tasks (above); the factors, epoch by epoch, are in
+                `summary["scale_calibration"]`.
             checkpoint_path: When given, a checkpoint (tasks, machine, optimizer,
                 early-stopping state and random state) is written there after the
                 tasks are simulated and after every epoch.
@@ -275,6 +288,7 @@ class ALFI:
                     "validation_loss": [],
                     "validation_rmse": [],
                     "epoch_durations_sec": [],
+                    "scale_calibration": [],
                 },
             }
         theta, x = state["theta"], state["x"]
@@ -332,13 +346,16 @@ class ALFI:
                 schedule.step()
                 losses.append(loss.item())
 
-            validation_loss, rmse = self._validate(
+            validation_loss, rmse, calibration = self._validate(
                 machine, theta, x, state["validation"], weights, training_batch_size
             )
+            if calibrate_scale:  # kept with the machine, in its buffer
+                machine.scale_calibration.copy_(calibration)
             summary["training_loss"].append(sum(losses) / len(losses))
             summary["validation_loss"].append(validation_loss)
             summary["validation_rmse"].append(rmse)
             summary["epoch_durations_sec"].append(time.perf_counter() - start)
+            summary["scale_calibration"].append(machine.scale_calibration.tolist())
             if validation_loss < state["best_loss"]:
                 state["best_loss"] = validation_loss
                 state["best_machine"] = copy.deepcopy(machine.state_dict())
@@ -439,12 +456,13 @@ class ALFI:
         indices: Tensor,
         weights: Tensor,
         batch_size: int,
-    ) -> tuple[float, float]:
+    ) -> tuple[float, float, Tensor]:
         r"""The validation loss (the plain NLL, whatever the training's
-        :math:`\beta`) and the RMSE of :math:`t^{-1}(\mu_T)` to
-        :math:`\theta^*`, in parameter space."""
+        :math:`\beta`), the RMSE of :math:`t^{-1}(\mu_T)` to
+        :math:`\theta^*` in parameter space, and the scale calibration of the
+        final proposal (:func:`~sbi_alfi.alfi.calibration.scale_calibration`)."""
         machine.eval()
-        losses, squared_errors = [], []
+        losses, squared_errors, residuals = [], [], []
         with torch.no_grad(), torch.random.fork_rng(devices=[]):
             torch.manual_seed(VALIDATION_SEED)
             for batch in indices.split(4 * batch_size):
@@ -452,10 +470,13 @@ class ALFI:
                 z_star = self._theta_transform(theta[batch]).clamp(-Z_MAX, Z_MAX)
                 nll = gaussian_nll(psi, z_star)
                 losses.append((weights[:, None] * nll).sum(0))
-                estimate = self._theta_transform.inv(psi[-1].chunk(2, -1)[0])
+                mu, log_sigma = psi[-1].chunk(2, -1)
+                estimate = self._theta_transform.inv(mu)
                 squared_errors.append((estimate - theta[batch]).square())
+                residuals.append((z_star - mu) / log_sigma.exp())
         rmse = torch.cat(squared_errors).mean().sqrt().item()
-        return torch.cat(losses).mean().item(), rmse
+        calibration = scale_calibration(torch.cat(residuals))
+        return torch.cat(losses).mean().item(), rmse, calibration
 
     @staticmethod
     def _save_checkpoint(

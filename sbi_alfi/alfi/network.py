@@ -46,6 +46,10 @@ class RecurrentMachine(nn.Module):
         h_{t+1} = \mathrm{GRU}(\rho([s_t, \psi_t]), h_t), \quad
         \psi_{t+1} = \psi_t + b \tanh(\eta(h_{t+1})).
 
+    The final proposal's scales are multiplied by a factor per parameter,
+    `scale_calibration` (a buffer, 1 until :meth:`ALFI.train` sets it from
+    held-out tasks, :func:`~sbi_alfi.alfi.calibration.scale_calibration`).
+
     A data set's embedding pools a point encoder's features over its points
     (DeepSets): their means and, by default, their standard deviations. A mean
     of per-point features reads a scale parameter only through features curved
@@ -115,6 +119,7 @@ class RecurrentMachine(nn.Module):
         self.step_bound = step_bound
         self.register_buffer("x_mean", torch.zeros(self.x_shape))
         self.register_buffer("x_std", torch.ones(self.x_shape))
+        self.register_buffer("scale_calibration", torch.ones(theta_dim))
         numel = self.x_shape.numel()
 
         # The default encoder also reads each value's rank among the meta-training
@@ -150,6 +155,11 @@ class RecurrentMachine(nn.Module):
         self.initial_net = (
             mlp([features, rim_features, 2 * d]) if learned_initial else None
         )
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        # Machines saved before the scale calibration existed load uncalibrated.
+        state_dict.setdefault(prefix + "scale_calibration", self.scale_calibration)
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def set_x_statistics(self, x: Tensor) -> None:
         r"""Sets the z-scoring (and the quantiles, for ranks) of the data from

@@ -62,8 +62,11 @@ class ALFIPosterior(CheckedPosterior):
     :math:`z = t(\theta)` built by `sbi.utils.mcmc_transform`, so in parameter space
 
     .. math:: \log q(\theta \mid \psi_T) = \log \mathcal{N}(t(\theta); \mu_T,
-        \mathrm{diag}\, \sigma_T^2) + \log \left| \det \frac{\partial t}{\partial
-        \theta} \right|.
+        \mathrm{diag}\, (c \sigma_T)^2) + \log \left| \det \frac{\partial t}{\partial
+        \theta} \right|,
+
+    with :math:`c` the machine's `scale_calibration`, which :meth:`ALFI.train`
+    sets so that :math:`\sigma` measures the errors on held-out tasks.
 
     The :math:`T` steps call the simulator :math:`T \times M \times K` times; they run
     once per data set and are cached, so `sample`, `log_prob`, `map` and
@@ -227,9 +230,13 @@ class ALFIPosterior(CheckedPosterior):
         )
 
     def proposal(self, psi: Tensor) -> Distribution:
-        r"""The diagonal Gaussians :math:`q(z \mid \psi)` in the standardized space."""
+        r"""The diagonal Gaussians :math:`q(z \mid \psi_T)` in the standardized
+        space, their scales times the machine's `scale_calibration` (set by
+        :meth:`ALFI.train` from held-out tasks)."""
         mu, log_sigma = psi.chunk(2, dim=-1)
-        return Independent(Normal(mu, log_sigma.exp()), 1)
+        return Independent(
+            Normal(mu, log_sigma.exp() * self.machine.scale_calibration), 1
+        )
 
     # The sbi posterior interface
 
