@@ -262,7 +262,7 @@ def write(rows: list[dict], output: Path, args) -> None:
 
     tasks = list(dict.fromkeys(r["task"] for r in rows))
     labels = list(dict.fromkeys(f"{r['library']} {r['method']}" for r in rows))
-    fig, ax = plt.subplots(figsize=(10, 4.5))
+    fig, ax = plt.subplots(figsize=(10, 5))
     width = 0.8 / len(labels)
     for i, label in enumerate(labels):
         values = [
@@ -280,7 +280,7 @@ def write(rows: list[dict], output: Path, args) -> None:
     ax.set_xticks([j + 0.4 - width / 2 for j in range(len(tasks))], tasks)
     ax.set_yscale("log")
     ax.set_ylabel("min ESS per second")
-    ax.legend(fontsize=7, ncol=2)
+    ax.legend(fontsize=7, ncol=4, loc="upper center", bbox_to_anchor=(0.5, -0.1))
     fig.tight_layout()
     fig.savefig(output / "ess_per_second.png", dpi=120)
 
