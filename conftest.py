@@ -161,17 +161,19 @@ def _why_it_does_not_run(code: str, timeout: float = 180.0) -> str | None:
     return None
 
 
+def _skip_unless_it_runs(probe: str, what: str) -> None:
+    why = _why_it_does_not_run(probe)
+    if why:
+        pytest.skip(f"{what} does not run here: {why}")
+
+
 @pytest.fixture(scope="session")
 def local_dask() -> None:
     r"""Skips the test where a local Dask cluster cannot run."""
-    why = _why_it_does_not_run(_DASK_PROBE)
-    if why:
-        pytest.skip(f"a local Dask cluster does not run here: {why}")
+    _skip_unless_it_runs(_DASK_PROBE, "a local Dask cluster")
 
 
 @pytest.fixture(scope="session")
 def local_ray() -> None:
     r"""Skips the test where a local Ray cannot run."""
-    why = _why_it_does_not_run(_RAY_PROBE)
-    if why:
-        pytest.skip(f"a local Ray does not run here: {why}")
+    _skip_unless_it_runs(_RAY_PROBE, "a local Ray")
