@@ -3,6 +3,8 @@
     python benchmarks/alfi_paper.py poisson    # box plot of squared errors, table
     python benchmarks/alfi_paper.py weinberg   # histograms of x_o, RMSE of A
     python benchmarks/alfi_paper.py gaussian   # errors of (mu, sigma)
+    python benchmarks/alfi_paper.py laplace    # errors of (mu, b): not in the paper
+    python benchmarks/alfi_paper.py poisson --num-observations 100  # to .../n100/
 
 Each run meta-trains ALFI once (its time and throughput are measured), infers on
 held-out data sets (latency per data set, simulator time excluded) and writes a
@@ -15,7 +17,7 @@ import argparse
 import json
 import platform
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import matplotlib
@@ -27,7 +29,7 @@ import torch
 
 from sbi_alfi import ALFI
 from sbi_alfi.plots import plot_data_fit
-from sbi_alfi.simulators import Gaussian, Poisson, Simulator, Weinberg
+from sbi_alfi.simulators import Gaussian, Laplace, Poisson, Simulator, Weinberg
 
 RESULTS = Path(__file__).parent / "results" / "alfi"
 
@@ -49,8 +51,15 @@ SETTINGS = {
     "poisson": Setting(15, 20, 20, 3_000, 8, 32),
     "weinberg": Setting(15, 8, 64, 2_000, 8, 16),
     "gaussian": Setting(15, 20, 20, 2_000, 8, 32),
+    # Not in the paper: i.i.d. with heavier tails, its MLE of the location a median.
+    "laplace": Setting(15, 20, 20, 2_000, 8, 32),
 }
-SIMULATORS = {"poisson": Poisson, "weinberg": Weinberg, "gaussian": Gaussian}
+SIMULATORS = {
+    "poisson": Poisson,
+    "weinberg": Weinberg,
+    "gaussian": Gaussian,
+    "laplace": Laplace,
+}
 
 
 class TimedSimulator:
@@ -162,7 +171,8 @@ def poisson(result: dict, setting: Setting, output: Path) -> list[str]:
         "ALFI, E_q[θ]": (samples.mean(0) - theta).square()[:, 0],
         "exact MLE": (sim.mle(x) - theta).square()[:, 0],
     }
-    boxplot(errors, "Poisson, n = 500", "squared error of θ", output / "poisson.png")
+    title = f"Poisson, n = {setting.num_observations}"
+    boxplot(errors, title, "squared error of θ", output / "poisson.png")
     ratio = errors["ALFI, E_q[θ]"].median() / errors["exact MLE"].median()
     return [
         *error_rows(errors),
@@ -181,7 +191,10 @@ def weinberg(result: dict, setting: Setting, output: Path) -> list[str]:
         "exact MLE of A": (sim.asymmetry_mle(x) - a).square(),
     }
     boxplot(
-        errors, "Weinberg, n = 500", "squared error of A", output / "weinberg_a.png"
+        errors,
+        f"Weinberg, n = {setting.num_observations}",
+        "squared error of A",
+        output / "weinberg_a.png",
     )
     picks = [int(i) for i in a.argsort()[torch.tensor([0, len(a) // 2, len(a) - 1])]]
     fig, axes = plt.subplots(1, len(picks), figsize=(15, 3.8))
@@ -207,18 +220,29 @@ def weinberg(result: dict, setting: Setting, output: Path) -> list[str]:
     ]
 
 
-def gaussian(result: dict, setting: Setting, output: Path) -> list[str]:
-    sim, theta, x, samples = (result[k] for k in ("sim", "theta", "x", "samples"))
-    mle, alfi = sim.mle(x), samples.mean(0)
-    errors = {}
-    for d, name in enumerate(sim.names):
-        errors[f"ALFI, E_q[{name}]"] = (alfi - theta).square()[:, d]
-        errors[f"exact MLE of {name}"] = (mle - theta).square()[:, d]
-    boxplot(errors, "Gaussian, n = 500", "squared error", output / "gaussian.png")
-    return [*error_rows(errors), "", "![box plot](gaussian.png)"]
+def per_parameter(problem: str):
+    r"""The report of a problem whose parameters each have a closed-form MLE."""
+
+    def report(result: dict, setting: Setting, output: Path) -> list[str]:
+        sim, theta, x, samples = (result[k] for k in ("sim", "theta", "x", "samples"))
+        mle, alfi = sim.mle(x), samples.mean(0)
+        errors = {}
+        for d, name in enumerate(sim.names):
+            errors[f"ALFI, E_q[{name}]"] = (alfi - theta).square()[:, d]
+            errors[f"exact MLE of {name}"] = (mle - theta).square()[:, d]
+        title = f"{problem.capitalize()}, n = {setting.num_observations}"
+        boxplot(errors, title, "squared error", output / f"{problem}.png")
+        return [*error_rows(errors), "", f"![box plot]({problem}.png)"]
+
+    return report
 
 
-REPORTS = {"poisson": poisson, "weinberg": weinberg, "gaussian": gaussian}
+REPORTS = {
+    "poisson": poisson,
+    "weinberg": weinberg,
+    "gaussian": per_parameter("gaussian"),
+    "laplace": per_parameter("laplace"),
+}
 LEVELS = (0.5, 0.8, 0.95)
 
 
@@ -253,19 +277,34 @@ def main() -> None:
     parser.add_argument("problem", choices=list(SETTINGS))
     parser.add_argument("--num-test", type=int, default=200)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--num-observations",
+        type=int,
+        default=500,
+        help="n, in training and in the held-out data sets; other than 500, the "
+        "results go to a folder n<N> of --output",
+    )
     parser.add_argument("--output", type=Path, default=RESULTS)
     parser.add_argument(
         "--save-posterior", type=Path, help="also torch.save the posterior there"
     )
     args = parser.parse_args()
 
-    setting = SETTINGS[args.problem]
+    setting = replace(SETTINGS[args.problem], num_observations=args.num_observations)
+    if args.num_observations != 500:
+        args.output = args.output / f"n{args.num_observations}"
     args.output.mkdir(parents=True, exist_ok=True)
     result = run(args.problem, setting, args.num_test, args.seed)
     lines = [
         f"# ALFI on {args.problem.capitalize()}",
         "",
-        f"`python benchmarks/alfi_paper.py {args.problem}` (seed {args.seed}), on "
+        f"`python benchmarks/alfi_paper.py {args.problem}"
+        + (
+            f" --num-observations {args.num_observations}`"
+            if args.num_observations != 500
+            else "`"
+        )
+        + f" (seed {args.seed}), on "
         f"{platform.machine()} with {torch.get_num_threads()} threads, "
         f"torch {torch.__version__}; {args.num_test} held-out θ* from the prior, "
         f"n = {setting.num_observations} points each.",

@@ -42,7 +42,7 @@ matplotlib.use("Agg")
 
 import matplotlib.pyplot as plt
 import torch
-from sampler_speed import network_reference, run_ours, run_sbi
+from sampler_speed import _pooled, network_reference, run_ours, run_sbi
 from sbi.utils import BoxUniform
 from sbi.utils.metrics import c2st
 from torch.distributions import Normal
@@ -185,6 +185,7 @@ def measure(name: str, args) -> tuple[list[dict], dict]:
             row = run_sbi(timed, task.prior, x_o, method, n, {})
         else:
             row = run_ours(timed, task.prior, x_o, method, n)
+        row = _pooled([row], n)  # one run: its own starts
         row["network_share"] = timed.seconds / row["seconds"]
         rows.append({"task": name, "library": library, "method": method, **row})
     slice_rate = rows[-1]["ess"] / rows[-1]["seconds"]

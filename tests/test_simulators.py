@@ -10,11 +10,11 @@ from sbi.utils import process_prior
 from sbi.utils.user_input_checks import check_sbi_inputs, process_simulator
 from scipy import stats
 
-from sbi_alfi.simulators import SLCP, Gaussian, Poisson, Simulator, Weinberg
+from sbi_alfi.simulators import SLCP, Gaussian, Laplace, Poisson, Simulator, Weinberg
 
-SIMULATORS = [Poisson, Gaussian, Weinberg, SLCP]
-TRACTABLE = [Poisson, Gaussian, Weinberg, SLCP]
-WITH_MLE = [Poisson, Gaussian, SLCP]
+SIMULATORS = [Poisson, Gaussian, Laplace, Weinberg, SLCP]
+TRACTABLE = [Poisson, Gaussian, Laplace, Weinberg, SLCP]
+WITH_MLE = [Poisson, Gaussian, Laplace, SLCP]
 P_MIN = 1e-3  # goodness-of-fit tests reject below this p-value
 
 
@@ -142,6 +142,8 @@ def test_bad_prior_bounds():
         Weinberg(low=(40.0,), high=(50.0,))
     with pytest.raises(ValueError, match="sigma must be positive"):
         Gaussian(low=(-1.0, -1.0))
+    with pytest.raises(ValueError, match="b must be positive"):
+        Laplace(low=(-1.0, 0.0))
 
 
 def test_weinberg_without_mle():
@@ -272,6 +274,29 @@ def test_gaussian_mle_is_scipys():
     assert np.allclose(sim.mle(x).numpy(), stats.norm.fit(x[:, 0].numpy()))
 
 
+# Laplace
+
+
+@pytest.mark.parametrize("theta", [(-4.0, 0.5), (0.0, 1.0), (3.0, 2.9)])
+def test_laplace_samples_follow_the_density(theta, seed, figure):
+    sim = Laplace()
+    mu, b = theta
+    generator = torch.Generator().manual_seed(seed)
+    x = sim(torch.tensor([theta]).expand(100_000, 2), generator)
+    p_value = stats.kstest(x[:, 0].numpy(), stats.laplace(mu, b).cdf).pvalue
+    figure.at_least("KS p-value", p_value, P_MIN)
+    p_wrong = stats.kstest(x[:, 0].numpy(), stats.laplace(mu, 1.05 * b).cdf).pvalue
+    figure.at_most("KS p-value", p_wrong, P_MIN, planted="b 5% off")
+    log_p = sim.log_likelihood(torch.tensor([theta], dtype=torch.float64), x.double())
+    assert np.allclose(log_p.numpy(), stats.laplace(mu, b).logpdf(x[:, 0].numpy()))
+
+
+def test_laplace_mle_is_scipys():
+    sim = Laplace()
+    x = sim(torch.tensor([[1.5, 2.0]]).expand(301, 2)).double()
+    assert np.allclose(sim.mle(x).numpy(), stats.laplace.fit(x[:, 0].numpy()))
+
+
 # SLCP
 
 
@@ -339,7 +364,8 @@ def test_mle_maximizes_the_exact_likelihood(cls):
     """The closed form is a stationary maximum of the exact log-likelihood."""
     sim = cls()
     for theta in sim.prior.sample((5,)).double():
-        x = sim(theta.expand(200, -1))
+        # An odd number of points: Laplace's median is then the only maximum.
+        x = sim(theta.expand(201, -1))
         mle = sim.mle(x)
         neighbours = mle + perturbations(sim.theta_dim)
         at_mle = sim.log_likelihood(mle, x).sum()

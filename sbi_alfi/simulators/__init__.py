@@ -10,8 +10,9 @@ estimate where one exists.
 
 from .base import Simulator
 from .gaussian import Gaussian
+from .laplace import Laplace
 from .poisson import Poisson
 from .slcp import SLCP
 from .weinberg import Weinberg
 
-__all__ = ["SLCP", "Gaussian", "Poisson", "Simulator", "Weinberg"]
+__all__ = ["SLCP", "Gaussian", "Laplace", "Poisson", "Simulator", "Weinberg"]
