@@ -101,6 +101,9 @@ def test_the_final_proposal_covers_theta_at_its_levels(trained, poisson, figure)
     # q(θ | ψ_T) cover θ* at close to their levels, over 300 new data sets.
     # Seeds 0-3: at most 0.063 off, where the machine's own scales were up to
     # 0.26 off (over-covering). Negative control: the calibrated scales halved.
+    # Over 10 seeds: at most 0.127 off (median 0.06; 100 held-out tasks make a
+    # noisy factor), the halved scales at least 0.247
+    # (benchmarks/results/seeds-calibration).
     torch.manual_seed(999)
     theta = poisson.prior.sample((300,))
     x = poisson(theta.unsqueeze(1).expand(-1, 100, -1))
@@ -117,9 +120,9 @@ def test_the_final_proposal_covers_theta_at_its_levels(trained, poisson, figure)
             gaps.append((covered - level).abs())
         gap = torch.stack(gaps).max()
         if planted:
-            figure.at_least("|coverage - level|", gap, 0.12, planted)
+            figure.at_least("|coverage - level|", gap, 0.18, planted)
         else:
-            figure.at_most("|coverage - level|", gap, 0.12)
+            figure.at_most("|coverage - level|", gap, 0.18)
 
 
 def test_a_scale_parameter_is_learned_at_n_500(seed, figure):

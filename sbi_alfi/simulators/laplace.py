@@ -53,16 +53,18 @@ class Laplace(Simulator):
             raise ValueError(f"The prior on b must be positive, got low={low}.")
 
     def _simulate(self, theta: Tensor, generator: torch.Generator | None) -> Tensor:
-        # By inversion, so that an explicit generator drives it (torch's Laplace
-        # sampler takes none).
+        # A random sign times an exponential draw, from uniforms, so that an
+        # explicit generator drives it (torch's Laplace sampler takes none);
+        # -log1p(-u) is finite for u in [0, 1), where inversion of the Laplace's
+        # CDF reaches log(0) at float precision.
         u = torch.rand(
-            theta.shape[:-1],
+            (*theta.shape[:-1], 2),
             generator=generator,
             dtype=theta.dtype,
             device=theta.device,
         )
-        u = u.clamp(torch.finfo(u.dtype).tiny, 1 - torch.finfo(u.dtype).eps) - 0.5
-        x = theta[..., 0] - theta[..., 1] * u.sign() * torch.log1p(-2 * u.abs())
+        sign = torch.where(u[..., 1] < 0.5, -1.0, 1.0).to(theta.dtype)
+        x = theta[..., 0] - theta[..., 1] * sign * torch.log1p(-u[..., 0])
         return x.unsqueeze(-1)
 
     def _log_likelihood(self, theta: Tensor, x: Tensor) -> Tensor:
