@@ -237,6 +237,43 @@ def per_parameter(problem: str):
     return report
 
 
+# The sizes of the data sets ALFI, meta-trained at one n, is applied to.
+SHIFTS = (100, 500, 2_000)
+
+
+def shift_rows(problem: str, result: dict, setting: Setting) -> list[str]:
+    r"""ALFI meta-trained at one n and applied to the held-out θ*'s data sets of
+    other sizes, next to the MLE on the same data: RMSE per parameter (of A for
+    Weinberg)."""
+    sim, theta, posterior = result["sim"], result["theta"], result["posterior"]
+    rows = [
+        f"Meta-trained at n = {setting.num_observations}, applied to the "
+        f"{len(theta)} held-out θ*'s data sets of other sizes (new draws), with "
+        "the MLE on the same data:",
+        "",
+        "| n at inference | parameter | ALFI's RMSE | MLE's RMSE | ratio |",
+        "| --- | --- | --- | --- | --- |",
+    ]
+    for n in SHIFTS:
+        x = sim(theta.unsqueeze(1).expand(-1, n, -1))
+        draws = posterior.sample_batched((1_000,), x)
+        if problem == "weinberg":
+            names = ["A"]
+            alfi = Weinberg.asymmetry(draws).mean(0)[:, None]
+            mle = sim.asymmetry_mle(x)[:, None]
+            truth = Weinberg.asymmetry(theta)[:, None]
+        else:
+            names, alfi, mle, truth = sim.names, draws.mean(0), sim.mle(x), theta
+        alfi_rmse = (alfi - truth).square().mean(0).sqrt()
+        mle_rmse = (mle - truth).square().mean(0).sqrt()
+        for d, name in enumerate(names):
+            rows.append(
+                f"| {n:,} | {name} | {alfi_rmse[d]:.3g} | {mle_rmse[d]:.3g} | "
+                f"{alfi_rmse[d] / mle_rmse[d]:.2f} |"
+            )
+    return rows
+
+
 REPORTS = {
     "poisson": poisson,
     "weinberg": weinberg,
@@ -314,6 +351,8 @@ def main() -> None:
         *REPORTS[args.problem](result, setting, args.output),
         "",
         *coverage_rows(result),
+        "",
+        *shift_rows(args.problem, result, setting),
         "",
         "The final proposal's σ per parameter is multiplied by "
         + ", ".join(f"{v:.3g}" for v in result["posterior"].machine.scale_calibration)
