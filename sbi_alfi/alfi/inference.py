@@ -355,7 +355,9 @@ class ALFI:
             summary["validation_loss"].append(validation_loss)
             summary["validation_rmse"].append(rmse)
             summary["epoch_durations_sec"].append(time.perf_counter() - start)
-            summary["scale_calibration"].append(machine.scale_calibration.tolist())
+            summary.setdefault("scale_calibration", []).append(  # older checkpoints
+                machine.scale_calibration.tolist()
+            )
             if validation_loss < state["best_loss"]:
                 state["best_loss"] = validation_loss
                 state["best_machine"] = copy.deepcopy(machine.state_dict())
