@@ -9,7 +9,7 @@ from sbi.utils import BoxUniform
 from sbi.utils.sbiutils import within_support
 from torch import Tensor
 
-__all__ = ["Simulator"]
+__all__ = ["LocationScale", "Simulator"]
 
 
 class Simulator:
@@ -187,3 +187,29 @@ def _fmt(values: Tensor) -> str:
 
 def _shape(shape: torch.Size) -> str:
     return ", ".join(map(str, shape))
+
+
+class LocationScale(Simulator):
+    r"""A simulator of i.i.d. draws from a location-scale family, with a box
+    prior on :math:`(\text{location}, \text{scale})`, by default
+    :math:`[-5, 5] \times [0.5, 3]`; the scale's lower bound must be positive.
+
+    Arguments:
+        low: The lower bounds of the uniform prior on (location, scale).
+        high: The upper bounds of the uniform prior on (location, scale).
+        device: The device of the prior and of the simulations.
+    """
+
+    x_shape = torch.Size((1,))
+
+    def __init__(
+        self,
+        low: tuple[float, float] = (-5.0, 0.5),
+        high: tuple[float, float] = (5.0, 3.0),
+        device: str | torch.device = "cpu",
+    ):
+        super().__init__(low, high, device=device)
+        if self.prior.base_dist.low[1] <= 0:
+            raise ValueError(
+                f"The prior on {self.names[1]} must be positive, got low={low}."
+            )

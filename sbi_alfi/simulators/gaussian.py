@@ -6,12 +6,12 @@ import torch
 from torch import Tensor
 from torch.distributions import Normal
 
-from .base import Simulator
+from .base import LocationScale
 
 __all__ = ["Gaussian"]
 
 
-class Gaussian(Simulator):
+class Gaussian(LocationScale):
     r"""Draws from a normal distribution of unknown location and scale.
 
     .. math:: \theta = (\mu, \sigma) \sim \mathcal{U}([-5, 5] \times [0.5, 3]),
@@ -37,17 +37,6 @@ class Gaussian(Simulator):
 
     names = ("mu", "sigma")
     labels = (r"$\mu$", r"$\sigma$")
-    x_shape = torch.Size((1,))
-
-    def __init__(
-        self,
-        low: tuple[float, float] = (-5.0, 0.5),
-        high: tuple[float, float] = (5.0, 3.0),
-        device: str | torch.device = "cpu",
-    ):
-        super().__init__(low, high, device=device)
-        if self.prior.base_dist.low[1] <= 0:
-            raise ValueError(f"The prior on sigma must be positive, got low={low}.")
 
     def _simulate(self, theta: Tensor, generator: torch.Generator | None) -> Tensor:
         noise = torch.randn(

@@ -6,12 +6,12 @@ import torch
 from torch import Tensor
 from torch.distributions import Laplace as LaplaceDistribution
 
-from .base import Simulator
+from .base import LocationScale
 
 __all__ = ["Laplace"]
 
 
-class Laplace(Simulator):
+class Laplace(LocationScale):
     r"""Draws from a Laplace distribution of unknown location and scale: heavier
     tails than the Gaussian, and a maximum-likelihood estimate of the location
     that is a median, not a mean.
@@ -40,17 +40,6 @@ class Laplace(Simulator):
 
     names = ("mu", "b")
     labels = (r"$\mu$", r"$b$")
-    x_shape = torch.Size((1,))
-
-    def __init__(
-        self,
-        low: tuple[float, float] = (-5.0, 0.5),
-        high: tuple[float, float] = (5.0, 3.0),
-        device: str | torch.device = "cpu",
-    ):
-        super().__init__(low, high, device=device)
-        if self.prior.base_dist.low[1] <= 0:
-            raise ValueError(f"The prior on b must be positive, got low={low}.")
 
     def _simulate(self, theta: Tensor, generator: torch.Generator | None) -> Tensor:
         # A random sign times an exponential draw, from uniforms, so that an
