@@ -9,8 +9,15 @@ from typing import Literal
 
 import torch
 from torch import Tensor, nn
+from torch.distributions import Independent, Normal
 
-__all__ = ["RecurrentMachine", "gaussian_nll", "step_weights", "unroll"]
+__all__ = [
+    "RecurrentMachine",
+    "gaussian_nll",
+    "gaussian_proposal",
+    "step_weights",
+    "unroll",
+]
 
 # Bounds of log(sigma) in the standardized space: the proposal never collapses to
 # a point (NaN scores) nor spreads far beyond the prior (which has unit scale there).
@@ -292,6 +299,14 @@ def unroll(
     return torch.stack(trajectory)
 
 
+def gaussian_proposal(psi: Tensor, scale: Tensor | float = 1.0) -> Independent:
+    r"""The diagonal Gaussians :math:`q(z \mid \psi)`, :math:`\psi = (\mu, \log
+    \sigma)` of shape `(*, 2D)`, their scales times `scale`: the one definition
+    of the proposal that training, validation and the posterior use."""
+    mu, log_sigma = psi.chunk(2, dim=-1)
+    return Independent(Normal(mu, log_sigma.exp() * scale, validate_args=False), 1)
+
+
 def gaussian_nll(psi: Tensor, z: Tensor, beta: float = 0.0) -> Tensor:
     r"""The negative log-density :math:`-\log q(z \mid \psi)` of the diagonal
     Gaussian proposals `psi` of shape `(*, 2D)` at `z` of shape `(*, D)`.
@@ -310,11 +325,10 @@ def gaussian_nll(psi: Tensor, z: Tensor, beta: float = 0.0) -> Tensor:
         | Probabilistic Neural Networks (Seitzer et al., ICLR 2022)
         | https://arxiv.org/abs/2203.09168
     """
-    mu, log_sigma = psi.chunk(2, dim=-1)
-    u = (z - mu) / log_sigma.exp()
-    nll = 0.5 * u.square() + log_sigma + 0.5 * math.log(2 * math.pi)
+    q = gaussian_proposal(psi).base_dist
+    nll = -q.log_prob(z)  # per coordinate, for the weights
     if beta:
-        nll = nll * (2 * beta * log_sigma.detach()).exp()
+        nll = nll * q.scale.detach().pow(2 * beta)
     return nll.sum(-1)
 
 

@@ -14,11 +14,11 @@ from sbi.sbi_types import Shape, TorchTransform
 from sbi.utils.sbiutils import within_support
 from sbi.utils.user_input_checks import process_simulator
 from torch import Tensor
-from torch.distributions import Distribution, Independent, Normal
+from torch.distributions import Distribution
 
 from ..checked_posterior import CheckedPosterior
 from ..simulation import Engine, simulate_batch
-from .network import RecurrentMachine, unroll
+from .network import RecurrentMachine, gaussian_proposal, unroll
 
 __all__ = ["ALFIPosterior", "Trajectory"]
 
@@ -233,10 +233,7 @@ class ALFIPosterior(CheckedPosterior):
         r"""The diagonal Gaussians :math:`q(z \mid \psi_T)` in the standardized
         space, their scales times the machine's `scale_calibration` (set by
         :meth:`ALFI.train` from held-out tasks)."""
-        mu, log_sigma = psi.chunk(2, dim=-1)
-        return Independent(
-            Normal(mu, log_sigma.exp() * self.machine.scale_calibration), 1
-        )
+        return gaussian_proposal(psi, self.machine.scale_calibration)
 
     # The sbi posterior interface
 
