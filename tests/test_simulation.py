@@ -104,7 +104,9 @@ def dask_clients(local_dask):
         cluster = distributed.LocalCluster(
             n_workers=n, threads_per_worker=1, processes=True, dashboard_address=":0"
         )
-        clients.append(distributed.Client(cluster))
+        client = distributed.Client(cluster)
+        client.wait_for_workers(n, timeout=120)
+        clients.append(client)
     yield clients
     for client in clients:
         cluster = client.cluster

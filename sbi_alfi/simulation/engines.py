@@ -70,7 +70,7 @@ class Dask(Engine):
     r"""The workers of a Dask cluster: a local one, or SLURM, PBS or Kubernetes
     through `dask-jobqueue` and its kin, whatever `client` is connected to.
 
-    The function is scattered to the workers once; each chunk is one task.
+    Each chunk is one task, the function pickled with it.
 
     Arguments:
         client: A `dask.distributed.Client`.
@@ -86,11 +86,11 @@ class Dask(Engine):
     def map_unordered(self, fn, args):
         from distributed import as_completed
 
-        [remote_fn] = self.client.scatter([fn], broadcast=True, hash=False)
+        # The function travels with each task: a broadcast scatter of it first
+        # once left a run waiting forever on idle workers (the tests' fresh
+        # LocalCluster, 1 run in about 5).
         futures = [
-            self.client.submit(
-                _call, remote_fn, i, arg, pure=False, retries=self.retries
-            )
+            self.client.submit(_call, fn, i, arg, pure=False, retries=self.retries)
             for i, arg in enumerate(args)
         ]
         try:
