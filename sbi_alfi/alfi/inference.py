@@ -235,7 +235,7 @@ class ALFI:
                 on 15; here a machine run past the steps it was trained on
                 drifts: trained on 5 (n = 500, 20 epochs), Poisson's RMSE was
                 1.22 times the MLE's at 5 steps and 7.8 times at 15 (16 times
-                after 8 epochs). Infer with
+                after 8 epochs; `benchmarks/alfi_training_steps.py`). Infer with
                 `build_posterior(num_steps=num_training_steps)`.
             calibrate_scale: Whether to calibrate the final proposal's scales on
                 the held-out tasks (above); the factors, epoch by epoch, are in
