@@ -7,6 +7,7 @@ import math
 import os
 import time
 from collections.abc import Callable
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Literal
 
@@ -20,13 +21,9 @@ from tqdm.auto import tqdm
 
 from ..simulation import Engine, simulate_batch
 from .calibration import scale_calibration
-from .network import RecurrentMachine, gaussian_nll, step_weights, unroll
-from .posterior import (
-    Z_MAX,
-    ALFIPosterior,
-    check_budget,
-    simulate_standardized,
-)
+from .network import RecurrentMachine, gaussian_nll, step_weights
+from .posterior import ALFIPosterior, check_budget
+from .rollout import Z_MAX, rollout, simulate_standardized
 
 __all__ = ["ALFI"]
 
@@ -257,133 +254,143 @@ class ALFI:
                 "`learning_rate_schedule` must be 'constant' or 'cosine', got "
                 f"{learning_rate_schedule!r}."
             )
+        checkpoint_path = Path(checkpoint_path) if checkpoint_path is not None else None
+        if resume and checkpoint_path is None:
+            raise ValueError("`resume=True` needs a `checkpoint_path`.")
         config = {
             "num_tasks": num_tasks,
             "num_observations": num_observations,
             "theta_dim": self._theta_dim,
         }
-        checkpoint_path = Path(checkpoint_path) if checkpoint_path is not None else None
-        state = None
-        if resume:
-            if checkpoint_path is None:
-                raise ValueError("`resume=True` needs a `checkpoint_path`.")
-            if checkpoint_path.exists():
-                state = torch.load(checkpoint_path, map_location=self._device)
-                if state["config"] != config:
-                    raise ValueError(
-                        f"The checkpoint at {checkpoint_path} was written for "
-                        f"{state['config']}, not {config}."
-                    )
-
-        if state is None:
-            theta, x = self.simulate_tasks(num_tasks, num_observations)
-            num_validation = max(1, int(validation_fraction * num_tasks))
-            permutation = torch.randperm(num_tasks)
-            state = {
-                "config": config,
-                "theta": theta,
-                "x": x,
-                "validation": permutation[:num_validation],
-                "training": permutation[num_validation:],
-                "epoch": 0,
-                "best_loss": float("inf"),
-                "epochs_since_improvement": 0,
-                "summary": {
-                    "training_loss": [],
-                    "validation_loss": [],
-                    "validation_rmse": [],
-                    "epoch_durations_sec": [],
-                    "scale_calibration": [],
-                },
-            }
-        theta, x = state["theta"], state["x"]
-        machine = self._build_machine(x)
+        checkpoint = None
+        if resume and checkpoint_path.exists():
+            checkpoint = torch.load(checkpoint_path, map_location=self._device)
+            if checkpoint["config"] != config:
+                raise ValueError(
+                    f"The checkpoint at {checkpoint_path} was written for "
+                    f"{checkpoint['config']}, not {config}."
+                )
+        state = (
+            TrainingState.from_checkpoint(checkpoint)
+            if checkpoint is not None
+            else self._new_training(config, validation_fraction)
+        )
+        machine = self._build_machine(state.x)
         optimizer = torch.optim.Adam(machine.parameters(), lr=learning_rate)
-        num_batches = -(-len(state["training"]) // training_batch_size)
+        num_batches = -(-len(state.training) // training_batch_size)
         schedule = torch.optim.lr_scheduler.LambdaLR(
             optimizer,
             _Cosine(max_num_epochs * num_batches)
             if learning_rate_schedule == "cosine"
             else _constant,
         )
-        if "machine" in state:
-            machine.load_state_dict(state["machine"])
-            optimizer.load_state_dict(state["optimizer"])
-            schedule.load_state_dict(state["schedule"])
+        if checkpoint is not None:
+            machine.load_state_dict(checkpoint["machine"])
+            optimizer.load_state_dict(checkpoint["optimizer"])
+            schedule.load_state_dict(checkpoint["schedule"])
             if learning_rate_schedule == "cosine":
                 # The restored schedule keeps the horizon it was written with:
                 # resumed with more epochs, it ran them at a learning rate of
                 # 0. The cosine spans the present `max_num_epochs` instead.
                 schedule.lr_lambdas[0] = _Cosine(max_num_epochs * num_batches)
-            torch.set_rng_state(state["rng"])
+            torch.set_rng_state(checkpoint["rng"])
         else:
-            machine.set_x_statistics(x[state["training"]].flatten(0, 1))
-            state["best_machine"] = copy.deepcopy(machine.state_dict())
+            machine.set_x_statistics(state.x[state.training].flatten(0, 1))
+            state.best_machine = copy.deepcopy(machine.state_dict())
         if checkpoint_path is not None:
-            self._save_checkpoint(checkpoint_path, state, machine, optimizer, schedule)
+            state.save(checkpoint_path, machine, optimizer, schedule)
 
         weights = step_weights(num_training_steps).to(self._device)
-        summary = state["summary"]
         epochs = tqdm(
-            range(state["epoch"], max_num_epochs),
-            initial=state["epoch"],
+            range(state.epoch, max_num_epochs),
+            initial=state.epoch,
             total=max_num_epochs,
             desc="Meta-training ALFI",
             disable=not self._show_progress_bars,
         )
-        for epoch in epochs:
-            if state["epochs_since_improvement"] >= stop_after_epochs:
+        for _ in epochs:
+            if state.epochs_since_improvement >= stop_after_epochs:
                 break
             start = time.perf_counter()
-            machine.train()
-            losses = []
-            order = state["training"][torch.randperm(len(state["training"]))]
-            for batch in order.split(training_batch_size):
-                nll = self._task_losses(
-                    machine, theta[batch], x[batch], num_training_steps, nll_beta
-                )
-                loss = (weights[:, None] * nll).sum(0).mean()
-                optimizer.zero_grad()
-                loss.backward()
-                if clip_max_norm is not None:
-                    nn.utils.clip_grad_norm_(machine.parameters(), clip_max_norm)
-                optimizer.step()
-                schedule.step()
-                losses.append(loss.item())
-
+            training_loss = self._train_epoch(
+                machine,
+                optimizer,
+                schedule,
+                state,
+                weights,
+                training_batch_size,
+                clip_max_norm,
+                nll_beta,
+            )
             validation_loss, rmse, calibration = self._validate(
-                machine, theta, x, state["validation"], weights, training_batch_size
+                machine, state, weights, training_batch_size
             )
             if calibrate_scale:  # kept with the machine, in its buffer
                 machine.scale_calibration.copy_(calibration)
-            summary["training_loss"].append(sum(losses) / len(losses))
-            summary["validation_loss"].append(validation_loss)
-            summary["validation_rmse"].append(rmse)
-            summary["epoch_durations_sec"].append(time.perf_counter() - start)
-            summary.setdefault("scale_calibration", []).append(  # older checkpoints
-                machine.scale_calibration.tolist()
+            state.record(
+                machine,
+                training_loss,
+                validation_loss,
+                rmse,
+                time.perf_counter() - start,
             )
-            if validation_loss < state["best_loss"]:
-                state["best_loss"] = validation_loss
-                state["best_machine"] = copy.deepcopy(machine.state_dict())
-                state["epochs_since_improvement"] = 0
-            else:
-                state["epochs_since_improvement"] += 1
-            state["epoch"] = epoch + 1
             epochs.set_postfix(
-                loss=f"{summary['training_loss'][-1]:.3f}",
+                loss=f"{training_loss:.3f}",
                 val_loss=f"{validation_loss:.3f}",
                 val_rmse=f"{rmse:.4g}",
             )
             if checkpoint_path is not None:
-                self._save_checkpoint(
-                    checkpoint_path, state, machine, optimizer, schedule
-                )
+                state.save(checkpoint_path, machine, optimizer, schedule)
 
-        machine.load_state_dict(state["best_machine"])
+        machine.load_state_dict(state.best_machine)
         self._machine = machine.eval()
-        self._summary = summary
+        self._summary = state.summary
         return self._machine
+
+    def _new_training(
+        self, config: dict[str, int], validation_fraction: float
+    ) -> TrainingState:
+        r"""Simulates the tasks and splits them into training and validation."""
+        num_tasks = config["num_tasks"]
+        theta, x = self.simulate_tasks(num_tasks, config["num_observations"])
+        num_validation = max(1, int(validation_fraction * num_tasks))
+        permutation = torch.randperm(num_tasks)
+        return TrainingState(
+            config=config,
+            theta=theta,
+            x=x,
+            validation=permutation[:num_validation],
+            training=permutation[num_validation:],
+        )
+
+    def _train_epoch(
+        self,
+        machine: RecurrentMachine,
+        optimizer: torch.optim.Optimizer,
+        schedule: torch.optim.lr_scheduler.LRScheduler,
+        state: TrainingState,
+        weights: Tensor,
+        batch_size: int,
+        clip_max_norm: float | None,
+        nll_beta: float,
+    ) -> float:
+        r"""One pass over the training tasks in a random order; the mean loss."""
+        machine.train()
+        losses = []
+        order = state.training[torch.randperm(len(state.training))]
+        for batch in order.split(batch_size):
+            psi = self._unroll(machine, state.x[batch], len(weights) - 1)
+            z_star = self._theta_transform(state.theta[batch]).clamp(-Z_MAX, Z_MAX)
+            nll = gaussian_nll(psi, z_star, nll_beta)
+            loss = (weights[:, None] * nll).sum(0).mean()
+            optimizer.zero_grad()
+            loss.backward()
+            if clip_max_norm is not None:
+                nn.utils.clip_grad_norm_(machine.parameters(), clip_max_norm)
+            optimizer.step()
+            schedule.step()
+            losses.append(loss.item())
+        return sum(losses) / len(losses)
 
     def _check_training_arguments(
         self,
@@ -425,30 +432,13 @@ class ALFI:
             self.simulation_batch_size,
         )
 
-    def _task_losses(
-        self,
-        machine: RecurrentMachine,
-        theta: Tensor,
-        x: Tensor,
-        num_steps: int,
-        nll_beta: float = 0.0,
-    ) -> Tensor:
-        r"""The losses :math:`-\log q(t(\theta^*) \mid \psi_t)` of a meta-batch
-        (their :math:`\beta`-NLL with `nll_beta`), of shape `(T + 1, B)`, for
-        :math:`t = 0 \dots T`."""
-        psi = self._unroll(machine, x, num_steps)
-        z_star = self._theta_transform(theta).clamp(-Z_MAX, Z_MAX)
-        return gaussian_nll(psi, z_star, nll_beta)
-
     def _unroll(self, machine: RecurrentMachine, x: Tensor, num_steps: int) -> Tensor:
-        r"""The proposals :math:`\psi_0 \dots \psi_T` for data sets `x`, from
-        :math:`\mu_0` drawn from the prior (unused by a learned first proposal)."""
-        mu_0 = self._theta_transform(self._prior.sample((len(x),)).to(self._device))
-        return unroll(
+        return rollout(
             machine,
             x,
+            self._prior,
+            self._theta_transform,
             self._simulate,
-            mu_0.clamp(-Z_MAX, Z_MAX),
             self.initial_scale,
             num_steps,
             self.num_proposal_samples,
@@ -458,9 +448,7 @@ class ALFI:
     def _validate(
         self,
         machine: RecurrentMachine,
-        theta: Tensor,
-        x: Tensor,
-        indices: Tensor,
+        state: TrainingState,
         weights: Tensor,
         batch_size: int,
     ) -> tuple[float, float, Tensor]:
@@ -472,35 +460,19 @@ class ALFI:
         losses, squared_errors, residuals = [], [], []
         with torch.no_grad(), torch.random.fork_rng(devices=[]):
             torch.manual_seed(VALIDATION_SEED)
-            for batch in indices.split(4 * batch_size):
-                psi = self._unroll(machine, x[batch], len(weights) - 1)
-                z_star = self._theta_transform(theta[batch]).clamp(-Z_MAX, Z_MAX)
+            for batch in state.validation.split(4 * batch_size):
+                theta = state.theta[batch]
+                psi = self._unroll(machine, state.x[batch], len(weights) - 1)
+                z_star = self._theta_transform(theta).clamp(-Z_MAX, Z_MAX)
                 nll = gaussian_nll(psi, z_star)
                 losses.append((weights[:, None] * nll).sum(0))
                 mu, log_sigma = psi[-1].chunk(2, -1)
                 estimate = self._theta_transform.inv(mu)
-                squared_errors.append((estimate - theta[batch]).square())
+                squared_errors.append((estimate - theta).square())
                 residuals.append((z_star - mu) / log_sigma.exp())
         rmse = torch.cat(squared_errors).mean().sqrt().item()
         calibration = scale_calibration(torch.cat(residuals))
         return torch.cat(losses).mean().item(), rmse, calibration
-
-    @staticmethod
-    def _save_checkpoint(
-        path: Path,
-        state: dict[str, Any],
-        machine: RecurrentMachine,
-        optimizer: torch.optim.Optimizer,
-        schedule: torch.optim.lr_scheduler.LRScheduler,
-    ) -> None:
-        state["machine"] = machine.state_dict()
-        state["optimizer"] = optimizer.state_dict()
-        state["schedule"] = schedule.state_dict()
-        state["rng"] = torch.get_rng_state()
-        path.parent.mkdir(parents=True, exist_ok=True)
-        partial = path.with_name(path.name + ".partial")
-        torch.save(state, partial)
-        os.replace(partial, path)  # never leaves a half-written checkpoint behind
 
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
@@ -561,6 +533,80 @@ class ALFI:
             engine=self.engine,
             simulation_batch_size=self.simulation_batch_size,
         )
+
+
+@dataclass
+class TrainingState:
+    r"""What meta-training has reached: the tasks and their split, early
+    stopping's record and the per-epoch summary. A checkpoint holds it with the
+    machine, the optimizer, the schedule and the random state."""
+
+    config: dict[str, int]
+    theta: Tensor
+    x: Tensor
+    validation: Tensor
+    training: Tensor
+    epoch: int = 0
+    best_loss: float = math.inf
+    epochs_since_improvement: int = 0
+    best_machine: dict[str, Tensor] | None = None
+    summary: dict[str, list] = field(
+        default_factory=lambda: {
+            "training_loss": [],
+            "validation_loss": [],
+            "validation_rmse": [],
+            "epoch_durations_sec": [],
+            "scale_calibration": [],
+        }
+    )
+
+    @classmethod
+    def from_checkpoint(cls, checkpoint: dict[str, Any]) -> TrainingState:
+        state = cls(**{f.name: checkpoint[f.name] for f in fields(cls)})
+        state.summary.setdefault("scale_calibration", [])  # older checkpoints
+        return state
+
+    def record(
+        self,
+        machine: RecurrentMachine,
+        training_loss: float,
+        validation_loss: float,
+        validation_rmse: float,
+        seconds: float,
+    ) -> None:
+        r"""Ends an epoch: its figures, and the best machine so far."""
+        self.summary["training_loss"].append(training_loss)
+        self.summary["validation_loss"].append(validation_loss)
+        self.summary["validation_rmse"].append(validation_rmse)
+        self.summary["epoch_durations_sec"].append(seconds)
+        self.summary["scale_calibration"].append(machine.scale_calibration.tolist())
+        if validation_loss < self.best_loss:
+            self.best_loss = validation_loss
+            self.best_machine = copy.deepcopy(machine.state_dict())
+            self.epochs_since_improvement = 0
+        else:
+            self.epochs_since_improvement += 1
+        self.epoch += 1
+
+    def save(
+        self,
+        path: Path,
+        machine: RecurrentMachine,
+        optimizer: torch.optim.Optimizer,
+        schedule: torch.optim.lr_scheduler.LRScheduler,
+    ) -> None:
+        r"""Writes the checkpoint, atomically."""
+        checkpoint = {
+            **{f.name: getattr(self, f.name) for f in fields(self)},
+            "machine": machine.state_dict(),
+            "optimizer": optimizer.state_dict(),
+            "schedule": schedule.state_dict(),
+            "rng": torch.get_rng_state(),
+        }
+        path.parent.mkdir(parents=True, exist_ok=True)
+        partial = path.with_name(path.name + ".partial")
+        torch.save(checkpoint, partial)
+        os.replace(partial, path)  # never leaves a half-written checkpoint behind
 
 
 def _constant(step: int) -> float:

@@ -17,14 +17,12 @@ from torch import Tensor
 from torch.distributions import Distribution
 
 from ..checked_posterior import CheckedPosterior
-from ..simulation import Engine, simulate_batch
-from .network import RecurrentMachine, gaussian_proposal, unroll
+from ..simulation import Engine
+from .network import RecurrentMachine, gaussian_proposal
+from .rollout import Z_MAX, rollout, simulate_standardized
 
 __all__ = ["ALFIPosterior", "Trajectory"]
 
-# Standardized parameters are clamped here before they go back to the parameter
-# space: beyond, the sigmoid of a bounded prior saturates in float32.
-Z_MAX = 15.0
 # The number of data sets whose runs are kept.
 CACHE_SIZE = 256
 
@@ -36,22 +34,6 @@ class Trajectory(NamedTuple):
     std: Tensor  #: The proposals' standard deviations in parameter space, `(T + 1, D)`.
     loc: Tensor  #: :math:`\mu_t` in the standardized space, `(T + 1, D)`.
     scale: Tensor  #: :math:`\sigma_t` in the standardized space, `(T + 1, D)`.
-
-
-def simulate_standardized(
-    simulator: Callable[[Tensor], Tensor],
-    theta_transform: TorchTransform,
-    z: Tensor,
-    device: torch.device,
-    engine: Engine | Any | None = None,
-    simulation_batch_size: int = 100,
-) -> Tensor:
-    r"""Simulates at standardized parameters `z` of shape `(N, D)`: every parameter
-    handed to the simulator lies in the prior's support by construction. One
-    fan-out over `engine` (:func:`simulate_batch`) per call."""
-    theta = theta_transform.inv(z.clamp(-Z_MAX, Z_MAX))
-    x = simulate_batch(simulator, theta, engine, simulation_batch_size)
-    return x.to(device=device, dtype=torch.float32)
 
 
 class ALFIPosterior(CheckedPosterior):
@@ -203,12 +185,12 @@ class ALFIPosterior(CheckedPosterior):
 
     def _run(self, x: Tensor) -> Tensor:
         with torch.no_grad():
-            mu_0 = self.theta_transform(self.prior.sample((len(x),)).to(self._device))
-            return unroll(
+            return rollout(
                 self.machine,
                 x,
+                self.prior,
+                self.theta_transform,
                 self._simulate,
-                mu_0.clamp(-Z_MAX, Z_MAX),
                 self.initial_scale,
                 self.num_steps,
                 self.num_proposal_samples,
