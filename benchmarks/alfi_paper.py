@@ -286,6 +286,17 @@ REPORTS = {
 LEVELS = (0.5, 0.8, 0.95)
 
 
+def coverage(draws: torch.Tensor, theta: torch.Tensor) -> torch.Tensor:
+    r"""The share of data sets whose θ* lies in the central `LEVELS` intervals
+    of the draws `(S, B, D)` (their quantiles), per parameter: `(D, L)`."""
+    shares = []
+    for level in LEVELS:
+        low = draws.quantile((1 - level) / 2, dim=0)
+        high = draws.quantile((1 + level) / 2, dim=0)
+        shares.append(((low <= theta) & (theta <= high)).float().mean(0))
+    return torch.stack(shares, -1)
+
+
 def coverage_rows(result: dict) -> list[str]:
     r"""How often each parameter's θ* lies in the central intervals of ALFI's
     final proposal q(θ | ψ_T) (quantiles of its 1,000 draws per data set):
@@ -296,14 +307,8 @@ def coverage_rows(result: dict) -> list[str]:
         f"| parameter | {header} |",
         "| --- |" + " --- |" * len(LEVELS),
     ]
-    for d, name in enumerate(sim.names):
-        covered = []
-        for level in LEVELS:
-            low = samples[..., d].quantile((1 - level) / 2, dim=0)
-            high = samples[..., d].quantile((1 + level) / 2, dim=0)
-            inside = (low <= theta[:, d]) & (theta[:, d] <= high)
-            covered.append(f"{inside.float().mean():.2f}")
-        rows.append(f"| {name} | {' | '.join(covered)} |")
+    for name, covered in zip(sim.names, coverage(samples, theta), strict=True):
+        rows.append(f"| {name} | {' | '.join(f'{c:.2f}' for c in covered)} |")
     return [
         "Coverage of θ* by the central intervals of q(θ | ψ_T), per parameter "
         f"({len(theta)} data sets; nominal levels in the header):",
