@@ -94,8 +94,11 @@ class Dask(Engine):
             for i, arg in enumerate(args)
         ]
         try:
-            for _, result in as_completed(futures, with_results=True):
-                yield result
+            # Gathered here, not by `as_completed(..., with_results=True)`,
+            # whose own gather can wait forever (dask/distributed#7331): a
+            # candidate for the stall above, which left the client in it.
+            for batch in as_completed(futures).batches():
+                yield from self.client.gather(batch)
         finally:
             self.client.cancel(futures)
 
