@@ -34,16 +34,14 @@ FIELDS = ["problem", "n", "seed", "parameter", "M", "k", "mean_ratio", "median_r
 
 
 def errors(problem, sim, theta, x, draws):
+    r"""ALFI's errors E_q[θ] - θ* and the MLE's, per parameter (Weinberg: of A)."""
     if problem == "weinberg":
-        return {"A": (Weinberg.asymmetry(draws).mean(0) - Weinberg.asymmetry(theta))}, {
-            "A": sim.asymmetry_mle(x) - Weinberg.asymmetry(theta)
-        }
-    mle = sim.mle(x)
-    estimate = draws.mean(0)
-    return (
-        {name: estimate[:, d] - theta[:, d] for d, name in enumerate(sim.names)},
-        {name: mle[:, d] - theta[:, d] for d, name in enumerate(sim.names)},
-    )
+        truth = Weinberg.asymmetry(theta)
+        alfi = {"A": Weinberg.asymmetry(draws).mean(0) - truth}
+        return alfi, {"A": sim.asymmetry_mle(x) - truth}
+    mle, estimate = sim.mle(x), draws.mean(0)
+    alfi = {name: estimate[:, d] - theta[:, d] for d, name in enumerate(sim.names)}
+    return alfi, {name: mle[:, d] - theta[:, d] for d, name in enumerate(sim.names)}
 
 
 def main() -> None:
