@@ -76,9 +76,17 @@ class TimedSimulator:
         return x
 
 
-def run(problem: str, setting: Setting, num_test: int, seed: int) -> dict:
+def run(
+    problem: str,
+    setting: Setting,
+    num_test: int,
+    seed: int,
+    sim: Simulator | None = None,
+) -> dict:
+    r"""Meta-trains ALFI on the problem's simulator (or `sim`, e.g. a wrapper
+    that counts its calls) and infers on `num_test` held-out data sets."""
     torch.manual_seed(seed)
-    sim = SIMULATORS[problem]()
+    sim = sim if sim is not None else SIMULATORS[problem]()
     timed = TimedSimulator(sim)
     inference = ALFI(
         sim.prior,

@@ -36,7 +36,8 @@ THETA = torch.linspace(0, 1, 60).reshape(30, 2)
 # pair of Dask clusters at a time on the machine, not one per worker.
 # Slow: a Dask map in test_the_draws_are_the_same_on_every_engine stalled with
 # idle workers in about 1 full-suite run in 4 here (cause not found; without the
-# scatter too), so the cluster tests run in `make test-slow`, not in CI.
+# scatter too). With the engine's own gather, 5 such runs in a row passed: too
+# few to tell, so the cluster tests run in `make test-slow`, not in CI.
 pytestmark = [pytest.mark.xdist_group("clusters"), pytest.mark.slow]
 
 

@@ -197,9 +197,10 @@ class ALFI:
     ) -> RecurrentMachine:
         r"""Meta-trains the recurrent machine and returns it.
 
-        The defaults are the setting measured in `benchmarks/alfi_paper.py` on
-        Poisson, Gaussian, Laplace and Weinberg at n = 100 and 500: 2,000 tasks,
-        8 epochs, a cosine schedule. They spend 2,000 n simulations on the tasks
+        The defaults are the setting measured in `benchmarks/alfi_paper.py` at
+        n = 100 and 500: 2,000 tasks, 8 epochs, a cosine schedule (as run on the
+        Gaussian and Laplace; Poisson ran 3,000 tasks, Weinberg M = 8, K = 64).
+        They spend 2,000 n simulations on the tasks
         and 8 x 2,000 x T M K in the recurrent steps (96 million at n = 500 and
         the default T, M, K), 2 to 3 minutes on a 2-core CPU for those
         simulators (about 120 tasks a second per epoch); the results are in the

@@ -86,17 +86,16 @@ class Dask(Engine):
     def map_unordered(self, fn, args):
         from distributed import as_completed
 
-        # The function travels with each task: a broadcast scatter of it first
-        # once left a run waiting forever on idle workers (the tests' fresh
-        # LocalCluster, 1 run in about 5).
+        # An intermittent stall (the client waiting forever, every worker idle;
+        # cause not found) is why the function travels with each task rather
+        # than in a broadcast scatter first, and why the results are gathered
+        # here rather than by `as_completed(..., with_results=True)`, whose own
+        # gather has a report of waiting forever (dask/distributed#7331).
         futures = [
             self.client.submit(_call, fn, i, arg, pure=False, retries=self.retries)
             for i, arg in enumerate(args)
         ]
         try:
-            # Gathered here, not by `as_completed(..., with_results=True)`,
-            # whose own gather can wait forever (dask/distributed#7331): a
-            # candidate for the stall above, which left the client in it.
             for batch in as_completed(futures).batches():
                 yield from self.client.gather(batch)
         finally:
