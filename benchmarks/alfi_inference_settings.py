@@ -1,5 +1,5 @@
-"""ALFI's inference settings on one meta-trained machine: draws per step and an
-average of the last steps' proposals, against the exact MLE.
+"""ALFI's inference settings on one meta-trained machine: simulations per step
+and an average of the last steps' proposals, against the exact MLE.
 
     python benchmarks/alfi_inference_settings.py poisson gaussian laplace weinberg
     python benchmarks/alfi_inference_settings.py poisson --num-observations 100
@@ -7,12 +7,18 @@ average of the last steps' proposals, against the exact MLE.
         --output benchmarks/results/alfi_inference_24
 
 Each problem's machine is meta-trained once with `alfi_paper.py`'s setting; the
-same 200 held-out data sets are then inferred with M draws per step (20 as in
-training, 64 as the paper's inference) and with the final proposal replaced by
-the average of the last k proposals' (μ, log σ) (k = 1 is ψ_T). The ratio of
-ALFI's mean (and median) squared error of E_q[θ] to the MLE's, per parameter
-(Weinberg: the asymmetry A), is appended to results/alfi_inference/results.csv
-and the table rewritten to results/alfi_inference/README.md.
+same 200 held-out data sets are then inferred with four settings of (M draws per
+step, K simulations per draw, the final proposal the average of the last k
+proposals' (μ, log σ)):
+
+- training: the meta-training's M and K, and ψ_T alone (k = 1);
+- default: `ALFI.inference_settings()`, what `build_posterior()` runs;
+- 2K: the default with twice its K;
+- M = 64: the default with 64 draws per step.
+
+The ratio of ALFI's mean (and median) squared error of E_q[θ] to the MLE's, per
+parameter (Weinberg: the asymmetry A), is appended to results.csv in the output
+folder and the table rewritten to its README.md.
 """
 
 from __future__ import annotations
@@ -24,36 +30,46 @@ from dataclasses import replace
 from pathlib import Path
 
 import torch
-from alfi_paper import SETTINGS, run
+from alfi_paper import LEVELS, SETTINGS, coverage, run
 
-from sbi_alfi.alfi.network import gaussian_proposal
-from sbi_alfi.alfi.rollout import Z_MAX
 from sbi_alfi.simulators import Weinberg
 
 RESULTS = Path(__file__).parent / "results" / "alfi_inference"
-VARIANTS = [(m, k) for m in (20, 64) for k in (1, 3, 5)]
+VARIANTS = ("training", "default", "2K", "M = 64")
 FIELDS = [
     "problem",
     "n",
     "seed",
     "parameter",
+    "variant",
     "M",
+    "K",
     "k",
     "mean_ratio",
     "median_ratio",
+    "coverage",
     "training_seconds",
 ]
 
 
+def targets(problem, sim, theta, x, draws):
+    r"""Per reported parameter (Weinberg: the asymmetry A): ALFI's draws
+    `(S, B)`, θ* `(B,)` and the MLE `(B,)`."""
+    if problem == "weinberg":
+        a = Weinberg.asymmetry
+        return {"A": (a(draws), a(theta), sim.asymmetry_mle(x))}
+    mle = sim.mle(x)
+    return {
+        name: (draws[..., d], theta[:, d], mle[:, d])
+        for d, name in enumerate(sim.names)
+    }
+
+
 def errors(problem, sim, theta, x, draws):
     r"""ALFI's errors E_q[θ] - θ* and the MLE's, per parameter (Weinberg: of A)."""
-    if problem == "weinberg":
-        truth = Weinberg.asymmetry(theta)
-        alfi = {"A": Weinberg.asymmetry(draws).mean(0) - truth}
-        return alfi, {"A": sim.asymmetry_mle(x) - truth}
-    mle, estimate = sim.mle(x), draws.mean(0)
-    alfi = {name: estimate[:, d] - theta[:, d] for d, name in enumerate(sim.names)}
-    return alfi, {name: mle[:, d] - theta[:, d] for d, name in enumerate(sim.names)}
+    found = targets(problem, sim, theta, x, draws)
+    alfi = {name: d.mean(0) - t for name, (d, t, _) in found.items()}
+    return alfi, {name: m - t for name, (_, t, m) in found.items()}
 
 
 def main() -> None:
@@ -79,28 +95,48 @@ def main() -> None:
         sim, posterior, theta, x = (
             result[k] for k in ("sim", "posterior", "theta", "x")
         )
+        m, k, a = (
+            posterior.num_proposal_samples,
+            posterior.num_simulations_per_sample,
+            posterior.num_averaged_steps,
+        )
+        settings = {
+            "training": (
+                setting.num_proposal_samples,
+                setting.num_simulations_per_sample,
+                1,
+            ),
+            "default": (m, k, a),
+            "2K": (m, 2 * k, a),
+            "M = 64": (64, k, a),
+        }
         new = []
-        for m, k in VARIANTS:
+        for variant in VARIANTS:
+            m, k, a = settings[variant]
             posterior.num_proposal_samples = m
+            posterior.num_simulations_per_sample = k
+            posterior.num_averaged_steps = a
             torch.manual_seed(args.seed + 1)
-            psi = posterior._psi(x)  # (T + 1, B, 2D), the same runs for every k
-            q = gaussian_proposal(psi[-k:].mean(0), posterior.machine.scale_calibration)
-            draws = posterior.theta_transform.inv(
-                q.sample((1_000,)).clamp(-Z_MAX, Z_MAX)
-            )
+            draws = posterior.sample_batched((1_000,), x)
             alfi, mle = errors(problem, sim, theta, x, draws)
+            found = targets(problem, sim, theta, x, draws)
             for name in alfi:
                 se, se_mle = alfi[name].square(), mle[name].square()
+                d, t, _ = found[name]
+                covered = coverage(d.unsqueeze(-1), t.unsqueeze(-1))[0]
                 new.append(
                     {
                         "problem": problem,
                         "n": str(args.num_observations),
                         "seed": str(args.seed),
                         "parameter": name,
+                        "variant": variant,
                         "M": str(m),
-                        "k": str(k),
+                        "K": str(k),
+                        "k": str(a),
                         "mean_ratio": f"{se.mean() / se_mle.mean():.3f}",
                         "median_ratio": f"{se.median() / se_mle.median():.3f}",
+                        "coverage": "/".join(f"{c:.2f}" for c in covered),
                         "training_seconds": (
                             f"{result['timing']['training_seconds']:.0f}"
                         ),
@@ -123,7 +159,6 @@ def main() -> None:
 
 def write(rows: list[dict], output: Path, max_num_epochs: int | None = None) -> None:
     keys = sorted({(r["problem"], r["n"], r["seed"], r["parameter"]) for r in rows})
-    header = " | ".join(f"M = {m}, k = {k}" for m, k in VARIANTS)
     lines = [
         "# ALFI's inference settings",
         "",
@@ -134,26 +169,40 @@ def write(rows: list[dict], output: Path, max_num_epochs: int | None = None) -> 
         f"{platform.machine()}, torch {torch.__version__}. Each cell: ALFI's mean "
         "squared error of E_q[θ] over the MLE's (median's ratio in brackets), 200 "
         "held-out data sets, one meta-trained machine per row's problem, n and "
-        "seed; M draws per step at inference (trained with 20), the final "
-        "proposal the average of the last k (k = 1: ψ_T).",
+        "seed. Settings (M draws per step, K simulations per draw, the last k "
+        "proposals averaged): training, the meta-training's M and K with ψ_T "
+        "alone; default, `build_posterior()`'s (its M, K, k in the column); 2K, "
+        "twice the default's K; M = 64, the default with 64 draws. Coverage: the "
+        "share of θ* inside the default posterior's central intervals (quantiles "
+        "of its draws).",
         "",
-        f"| problem | n | seed | parameter | training s | {header} |",
-        "| --- | --- | --- | --- | --- |" + " --- |" * len(VARIANTS),
+        "| problem | n | seed | parameter | training s | default M, K, k | "
+        + " | ".join(VARIANTS)
+        + " | default's coverage at "
+        + "/".join(f"{level:.0%}" for level in LEVELS)
+        + " |",
+        "| --- | --- | --- | --- | --- | --- |" + " --- |" * (len(VARIANTS) + 1),
     ]
     for key in keys:
-        cells, seconds = [], "–"  # rows written before the seconds were kept
-        for m, k in VARIANTS:
+        cells = []
+        for variant in VARIANTS:
             (row,) = [
                 r
                 for r in rows
                 if (r["problem"], r["n"], r["seed"], r["parameter"]) == key
-                and (r["M"], r["k"]) == (str(m), str(k))
+                and r["variant"] == variant
             ]
-            seconds = row.get("training_seconds") or seconds
+            if variant == "default":
+                default = f"{row['M']}, {row['K']}, {row['k']}"
+                covered = row["coverage"]
             cells.append(
                 f"{float(row['mean_ratio']):.2f} ({float(row['median_ratio']):.2f})"
             )
-        lines.append(f"| {' | '.join(key)} | {seconds} | {' | '.join(cells)} |")
+        seconds = row["training_seconds"]
+        lines.append(
+            f"| {' | '.join(key)} | {seconds} | {default} | {' | '.join(cells)} "
+            f"| {covered} |"
+        )
     (output / "README.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 

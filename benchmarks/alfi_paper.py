@@ -17,7 +17,7 @@ import argparse
 import json
 import platform
 import time
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import matplotlib
@@ -45,6 +45,7 @@ class Setting:
     num_observations: int = 500
     test_proposal_samples: int | None = None
     learning_rate: float = 1e-3
+    machine_kwargs: dict = field(default_factory=dict)
 
 
 SETTINGS = {
@@ -94,6 +95,7 @@ def run(
         num_steps=setting.num_steps,
         num_proposal_samples=setting.num_proposal_samples,
         num_simulations_per_sample=setting.num_simulations_per_sample,
+        machine_kwargs=setting.machine_kwargs,
     )
     start = time.perf_counter()
     inference.train(

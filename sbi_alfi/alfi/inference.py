@@ -27,6 +27,11 @@ from .rollout import Z_MAX, rollout, simulate_standardized
 
 __all__ = ["ALFI"]
 
+# The posterior of a Gauss-Newton machine simulates at least this many points
+# per observed point at each step, and averages this many final proposals
+# (`ALFI.inference_settings`).
+POINTS_PER_OBSERVATION, AVERAGED_STEPS = 4, 5
+
 # Validation runs with common random numbers, so that its curve reflects the
 # machine and not the simulator's noise from one epoch to the next.
 VALIDATION_SEED = 20181130
@@ -139,10 +144,12 @@ class ALFI:
         self._embedding_net = embedding_net
         self._machine_kwargs = {
             "learned_initial": initial_proposal == "learned",
+            "gauss_newton": True,
             **(machine_kwargs or {}),
         }
         self._show_progress_bars = show_progress_bars
         self._machine: RecurrentMachine | None = None
+        self._num_observations: int | None = None
         self._summary: dict[str, list[float]] = {}
 
     # Meta-training
@@ -353,8 +360,30 @@ class ALFI:
 
         machine.load_state_dict(state.best_machine)
         self._machine = machine.eval()
+        self._num_observations = config["num_observations"]
+        if calibrate_scale and machine.gauss_newton:
+            # Its posterior runs other settings than training's (more
+            # simulations, averaged proposals): calibrate the scales on those.
+            machine.scale_calibration.copy_(
+                self._posterior_calibration(state, 4 * training_batch_size)
+            )
         self._summary = state.summary
         return self._machine
+
+    def _posterior_calibration(self, state: TrainingState, batch_size: int) -> Tensor:
+        r"""The scale calibration of the default posterior's final proposal on
+        the held-out tasks."""
+        posterior = self.build_posterior()
+        posterior.machine.scale_calibration.fill_(1.0)
+        residuals = []
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(VALIDATION_SEED)
+            for batch in state.validation.split(batch_size):
+                psi = posterior._final(posterior._run(state.x[batch]))
+                mu, log_sigma = psi.chunk(2, -1)
+                z_star = self._theta_transform(state.theta[batch]).clamp(-Z_MAX, Z_MAX)
+                residuals.append((z_star - mu) / log_sigma.exp())
+        return scale_calibration(torch.cat(residuals))
 
     def _new_training(
         self, config: dict[str, int], validation_fraction: float
@@ -502,11 +531,45 @@ class ALFI:
         r"""Per-epoch training loss, validation loss and RMSE, and durations."""
         return self._summary
 
+    def inference_settings(self) -> dict[str, int]:
+        r"""The posterior's default :math:`M`, :math:`K` and number of averaged
+        final proposals, for the trained machine.
+
+        With the Gauss–Newton step (the default machine), each step's move
+        carries the noise of its :math:`M K` simulated points next to the
+        :math:`n` observed ones: its variance is about :math:`1 + n / (M K)`
+        times the MLE's. The posterior therefore simulates at least
+        :math:`4 n` points per step (:math:`K = \lceil 4 n / M \rceil`, `n` of
+        the meta-training tasks, at least the trained :math:`K`) and averages
+        the last 5 proposals. The step regresses on the draws, so it reads any
+        :math:`K`; the paper's machine learned the noise of the trained
+        :math:`K` and keeps it, with :math:`\psi_T` alone
+        (`benchmarks/alfi_inference_settings.py`).
+        """
+        if self._machine is None:
+            raise ValueError(
+                "ALFI has not been trained: call `inference.train(...)` first."
+            )
+        m, k = self.num_proposal_samples, self.num_simulations_per_sample
+        if not self._machine.gauss_newton:
+            return {
+                "num_proposal_samples": m,
+                "num_simulations_per_sample": k,
+                "num_averaged_steps": 1,
+            }
+        n = self._num_observations
+        return {
+            "num_proposal_samples": m,
+            "num_simulations_per_sample": max(k, -(-POINTS_PER_OBSERVATION * n // m)),
+            "num_averaged_steps": min(AVERAGED_STEPS, self.num_steps),
+        }
+
     def build_posterior(
         self,
         num_steps: int | None = None,
         num_proposal_samples: int | None = None,
         num_simulations_per_sample: int | None = None,
+        num_averaged_steps: int | None = None,
     ) -> ALFIPosterior:
         r"""The posterior of the trained machine.
 
@@ -514,8 +577,13 @@ class ALFI:
             num_steps: The number of steps at inference; the trained value when
                 `None`. More steps than the machine was trained on make it
                 drift (see `train`'s `num_training_steps`).
-            num_proposal_samples: :math:`M` at inference (the reference used 64).
-            num_simulations_per_sample: :math:`K` at inference.
+            num_proposal_samples: :math:`M` at inference; `None` for
+                :meth:`inference_settings`' (the trained :math:`M`).
+            num_simulations_per_sample: :math:`K` at inference; `None` for
+                :meth:`inference_settings`'.
+            num_averaged_steps: The number of final proposals averaged; `None`
+                for :meth:`inference_settings`'. The scale calibration was fitted
+                with :meth:`inference_settings`; other settings keep it.
 
         Returns:
             An :class:`ALFIPosterior`.
@@ -525,16 +593,20 @@ class ALFI:
                 "ALFI has not been trained: call `inference.train(...)` before "
                 "`build_posterior()`."
             )
+        defaults = self.inference_settings()
         return ALFIPosterior(
             machine=copy.deepcopy(self._machine),
             prior=self._prior,
             simulator=self._user_simulator,
             theta_transform=self._theta_transform,
             num_steps=num_steps or self.num_steps,
-            num_proposal_samples=num_proposal_samples or self.num_proposal_samples,
-            num_simulations_per_sample=(
-                num_simulations_per_sample or self.num_simulations_per_sample
+            num_proposal_samples=(
+                num_proposal_samples or defaults["num_proposal_samples"]
             ),
+            num_simulations_per_sample=(
+                num_simulations_per_sample or defaults["num_simulations_per_sample"]
+            ),
+            num_averaged_steps=num_averaged_steps or defaults["num_averaged_steps"],
             initial_scale=self.initial_scale,
             prior_returns_numpy=self._prior_returns_numpy,
             processed_simulator=self._simulator,

@@ -48,7 +48,9 @@ class ALFIPosterior(CheckedPosterior):
         \theta} \right|,
 
     with :math:`c` the machine's `scale_calibration`, which :meth:`ALFI.train`
-    sets so that :math:`\sigma` measures the errors on held-out tasks.
+    sets so that :math:`\sigma` measures the errors on held-out tasks. With
+    `num_averaged_steps` :math:`k > 1`, :math:`\psi_T` here stands for the
+    average of the last :math:`k` proposals.
 
     The :math:`T` steps call the simulator :math:`T \times M \times K` times; they run
     once per data set and are cached, so `sample`, `log_prob`, `map` and
@@ -73,6 +75,12 @@ class ALFIPosterior(CheckedPosterior):
         initial_scale: The scale :math:`\sigma_0` of the initial proposal.
         prior_returns_numpy: Whether the simulator takes numpy parameters.
         device: The device of the machine and of the data.
+        engine: Where the simulator runs (:func:`sbi_alfi.simulation.simulate`).
+        simulation_batch_size: The rows of each chunk sent to a worker.
+        num_averaged_steps: The final proposal averages the last this many
+            proposals' :math:`(\mu, \log \sigma)` (Polyak–Ruppert averaging:
+            each step's move carries the noise of its simulations, which the
+            average of the last steps reduces).
 
     Example:
         >>> import torch
@@ -89,6 +97,8 @@ class ALFIPosterior(CheckedPosterior):
         torch.Size([4, 1])
     """
 
+    num_averaged_steps = 1  # posteriors pickled before the option load without it
+
     def __init__(
         self,
         machine: RecurrentMachine,
@@ -104,8 +114,15 @@ class ALFIPosterior(CheckedPosterior):
         device: str | torch.device = "cpu",
         engine: Engine | Any | None = None,
         simulation_batch_size: int = 100,
+        num_averaged_steps: int = 1,
     ):
         check_budget(num_steps, num_proposal_samples, num_simulations_per_sample)
+        if not 1 <= num_averaged_steps <= num_steps:
+            raise ValueError(
+                f"`num_averaged_steps` must lie in [1, num_steps = {num_steps}], "
+                f"got {num_averaged_steps}."
+            )
+        self.num_averaged_steps = num_averaged_steps
         self.engine = engine
         self.simulation_batch_size = simulation_batch_size
         self.machine = machine.eval()
@@ -211,6 +228,12 @@ class ALFIPosterior(CheckedPosterior):
             self.simulation_batch_size,
         )
 
+    def _final(self, psi: Tensor) -> Tensor:
+        r"""The final proposal from the run `psi` of shape `(T + 1, B, 2D)`: the
+        average of the last `num_averaged_steps` proposals' :math:`(\mu, \log
+        \sigma)`, of shape `(B, 2D)`."""
+        return psi[-self.num_averaged_steps :].mean(0)
+
     def proposal(self, psi: Tensor) -> Distribution:
         r"""The diagonal Gaussians :math:`q(z \mid \psi_T)` in the standardized
         space, their scales times the machine's `scale_calibration` (set by
@@ -237,7 +260,7 @@ class ALFIPosterior(CheckedPosterior):
             Parameters of shape `(*sample_shape, D)`.
         """
         sample_shape = self._check_sample_shape(sample_shape)
-        psi = self._psi(self._x_else_default_x(x).unsqueeze(0))[-1, 0]
+        psi = self._final(self._psi(self._x_else_default_x(x).unsqueeze(0)))[0]
         z = self.proposal(psi).sample(sample_shape)
         return self.theta_transform.inv(z.clamp(-Z_MAX, Z_MAX))
 
@@ -258,7 +281,7 @@ class ALFIPosterior(CheckedPosterior):
             Parameters of shape `(*sample_shape, B, D)`.
         """
         sample_shape = self._check_sample_shape(sample_shape)
-        psi = self._psi(self._check_x(x, batched=True))[-1]
+        psi = self._final(self._psi(self._check_x(x, batched=True)))
         z = self.proposal(psi).sample(sample_shape)
         return self.theta_transform.inv(z.clamp(-Z_MAX, Z_MAX))
 
@@ -278,7 +301,7 @@ class ALFIPosterior(CheckedPosterior):
             The log-densities, of shape `(*)`.
         """
         theta = self._check_theta(theta)
-        psi = self._psi(self._x_else_default_x(x).unsqueeze(0))[-1, 0]
+        psi = self._final(self._psi(self._x_else_default_x(x).unsqueeze(0)))[0]
         if theta.numel() == 0:
             return theta.new_zeros(theta.shape[:-1])
         with torch.set_grad_enabled(track_gradients):
@@ -325,7 +348,7 @@ class ALFIPosterior(CheckedPosterior):
         x = self._x_else_default_x(x)
         if force_update:
             self._cache.pop(self._key(x), None)
-        mu = self._psi(x.unsqueeze(0))[-1, 0].chunk(2, dim=-1)[0]
+        mu = self._final(self._psi(x.unsqueeze(0)))[0].chunk(2, dim=-1)[0]
         return self.theta_transform.inv(mu.clamp(-Z_MAX, Z_MAX))[None]
 
     def trajectory(self, x: Tensor | None = None, num_nodes: int = 32) -> Trajectory:
