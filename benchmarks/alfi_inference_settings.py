@@ -12,9 +12,8 @@ step, K simulations per draw, the final proposal the average of the last k
 proposals' (μ, log σ)):
 
 - training: the meta-training's M and K, and ψ_T alone (k = 1);
-- default: `ALFI.inference_settings()`, what `build_posterior()` runs;
-- 2K: the default with twice its K;
-- M = 64: the default with 64 draws per step.
+- K / 2 and 2K: the default with half and twice its K;
+- default: `ALFI.inference_settings()`, what `build_posterior()` runs.
 
 The ratio of ALFI's mean (and median) squared error of E_q[θ] to the MLE's, per
 parameter (Weinberg: the asymmetry A), is appended to results.csv in the output
@@ -35,7 +34,7 @@ from alfi_paper import LEVELS, SETTINGS, coverage, run
 from sbi_alfi.simulators import Weinberg
 
 RESULTS = Path(__file__).parent / "results" / "alfi_inference"
-VARIANTS = ("training", "default", "2K", "M = 64")
+VARIANTS = ("training", "K / 2", "default", "2K")
 FIELDS = [
     "problem",
     "n",
@@ -106,9 +105,9 @@ def main() -> None:
                 setting.num_simulations_per_sample,
                 1,
             ),
+            "K / 2": (m, -(-k // 2), a),
             "default": (m, k, a),
             "2K": (m, 2 * k, a),
-            "M = 64": (64, k, a),
         }
         new = []
         for variant in VARIANTS:
@@ -171,8 +170,8 @@ def write(rows: list[dict], output: Path, max_num_epochs: int | None = None) -> 
         "held-out data sets, one meta-trained machine per row's problem, n and "
         "seed. Settings (M draws per step, K simulations per draw, the last k "
         "proposals averaged): training, the meta-training's M and K with ψ_T "
-        "alone; default, `build_posterior()`'s (its M, K, k in the column); 2K, "
-        "twice the default's K; M = 64, the default with 64 draws. Coverage: the "
+        "alone; default, `build_posterior()`'s (its M, K, k in the column); K / 2 "
+        "and 2K, the default with half and twice its K. Coverage: the "
         "share of θ* inside the default posterior's central intervals (quantiles "
         "of its draws).",
         "",

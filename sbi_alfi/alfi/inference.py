@@ -30,7 +30,7 @@ __all__ = ["ALFI"]
 # The posterior of a Gauss-Newton machine simulates at least this many points
 # per observed point at each step, and averages this many final proposals
 # (`ALFI.inference_settings`).
-POINTS_PER_OBSERVATION, AVERAGED_STEPS = 4, 5
+POINTS_PER_OBSERVATION, AVERAGED_STEPS = 10, 5
 
 # Validation runs with common random numbers, so that its curve reflects the
 # machine and not the simulator's noise from one epoch to the next.
@@ -43,10 +43,11 @@ class ALFI:
     For an observed data set :math:`x_o = \{x_1 \dots x_n\}`, a recurrent network
     moves a Gaussian proposal :math:`q(\theta \mid \psi_t)` step by step, looking at
     data simulated from a few draws of it and at :math:`x_o`; the final proposal
-    :math:`q(\theta \mid \psi_T)` is the answer (see :class:`RecurrentMachine`). The
-    network is meta-trained once per simulator on tasks
-    :math:`\theta^*_i \sim p(\theta)`, :math:`x^*_i \sim p(x \mid \theta^*_i)^n`, by
-    minimizing
+    :math:`q(\theta \mid \psi_T)` is the answer (see :class:`RecurrentMachine`;
+    by default each step also reads a Gauss–Newton step fitted on the draws,
+    which the paper's machine does not). The network is meta-trained once per
+    simulator on tasks :math:`\theta^*_i \sim p(\theta)`,
+    :math:`x^*_i \sim p(x \mid \theta^*_i)^n`, by minimizing
 
     .. math:: \mathcal{L} = \mathbb{E}_i \sum_{t=1}^T w_t \,
         \left[-\log q(t(\theta^*_i) \mid \psi_t)\right], \qquad
@@ -80,7 +81,8 @@ class ALFI:
             at equal budget it reached a 4x-50x lower median error on Poisson
             (`benchmarks/`), since no steps are spent travelling from a random start.
         machine_kwargs: Further arguments of :class:`RecurrentMachine` (widths,
-            `step_bound`).
+            `step_bound`, `pooling`; `{"gauss_newton": False}` for the paper's
+            step).
         device: The training device, as in `sbi`.
         show_progress_bars: Whether to show progress bars.
         engine: Where the simulator runs, for the meta-dataset, every recurrent
