@@ -235,10 +235,11 @@ def test_a_simulator_call_per_step_for_the_whole_meta_batch(poisson):
         max_num_epochs=1,
     )
     # One call for the tasks, one per step for training, for validation and for
-    # the posterior's calibration (K = 10 there too: 4 n / M = 10).
+    # the posterior's calibration, which simulates 10 n points per step (K = 25).
     assert recorder.calls == 1 + 3 * BUDGET["num_steps"]
     batch = BUDGET["num_proposal_samples"] * BUDGET["num_simulations_per_sample"]
-    assert [len(t) for t in recorder.thetas[1:]] == [32 * batch] * 15
+    sizes = [32 * batch] * 10 + [32 * 200] * 5
+    assert [len(t) for t in recorder.thetas[1:]] == sizes
 
 
 # The posterior
@@ -302,12 +303,12 @@ def test_one_run_per_data_set(trained, recorder, poisson, figure):
     assert recorder.calls == 2 * BUDGET["num_steps"]
 
 
-def test_the_default_posterior_simulates_4n_points_per_step_and_averages(
+def test_the_default_posterior_simulates_10n_points_per_step_and_averages(
     trained, poisson
 ):
     posterior = trained.build_posterior()
-    # n = 100 in training, M = 8: K = 4 n / M; the last 5 proposals averaged.
-    assert posterior.num_simulations_per_sample == 50
+    # n = 100 in training, M = 8: K = 10 n / M; the last 5 proposals averaged.
+    assert posterior.num_simulations_per_sample == 125
     assert posterior.num_averaged_steps == 5
     x_o = poisson(torch.tensor([[3.0]]).expand(100, 1))
     trajectory = posterior.trajectory(x=x_o)
