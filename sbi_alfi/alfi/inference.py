@@ -543,7 +543,8 @@ class ALFI:
         times the MLE's. The posterior therefore simulates at least
         :math:`10 n` points per step (:math:`K = \lceil 10 n / M \rceil`, `n`
         of the meta-training tasks, at least the trained :math:`K`) and
-        averages the last 5 proposals. The step regresses on the draws, so it
+        averages the last 5 proposals (the last third of the steps when
+        :math:`T < 15`). The step regresses on the draws, so it
         reads any :math:`K`; the paper's machine learned the noise of the
         trained :math:`K` and keeps it, with :math:`\psi_T` alone. On the 4
         problems of `benchmarks/alfi_inference_settings.py` at n = 500, the
@@ -567,7 +568,8 @@ class ALFI:
         return {
             "num_proposal_samples": m,
             "num_simulations_per_sample": max(k, -(-POINTS_PER_OBSERVATION * n // m)),
-            "num_averaged_steps": min(AVERAGED_STEPS, self.num_steps),
+            # The last third of the steps, at most 5: earlier proposals are wider.
+            "num_averaged_steps": min(AVERAGED_STEPS, -(-self.num_steps // 3)),
         }
 
     def build_posterior(
