@@ -90,7 +90,7 @@ def test_meta_training_learns(trained, held_out, poisson, figure):
     # Negative control: the estimates paired with other data sets' θ*. (An
     # untrained machine is no control here: its Gauss-Newton steps alone brought
     # the RMSE below half the prior's in 15 of 20 seeds, benchmarks/results/
-    # seeds-alfi; the validation loss above is what shows the learning.)
+    # seeds-alfi-untrained; the validation loss above shows the learning.)
     shuffled = estimate.roll(1, 0)
     for planted, candidate in [("", estimate), ("other data sets'", shuffled)]:
         rmse = (candidate - theta).square().mean().sqrt()
@@ -109,7 +109,7 @@ def test_the_final_proposal_covers_theta_at_its_levels(trained, poisson, figure)
     # noisy factor), the halved scales at least 0.217
     # (benchmarks/results/seeds-calibration).
     torch.manual_seed(999)
-    theta = poisson.prior.sample((300,))
+    theta = poisson.prior.sample((600,))
     x = poisson(theta.unsqueeze(1).expand(-1, 100, -1))
     posterior = trained.build_posterior()
     halved = copy.deepcopy(posterior)
@@ -124,9 +124,9 @@ def test_the_final_proposal_covers_theta_at_its_levels(trained, poisson, figure)
             gaps.append((covered - level).abs())
         gap = torch.stack(gaps).max()
         if planted:
-            figure.at_least("|coverage - level|", gap, 0.18, planted)
+            figure.at_least("|coverage - level|", gap, 0.16, planted)
         else:
-            figure.at_most("|coverage - level|", gap, 0.18)
+            figure.at_most("|coverage - level|", gap, 0.16)
 
 
 def test_a_scale_parameter_is_learned_at_n_500(seed, figure):

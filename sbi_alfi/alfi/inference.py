@@ -206,14 +206,16 @@ class ALFI:
     ) -> RecurrentMachine:
         r"""Meta-trains the recurrent machine and returns it.
 
-        The defaults are the setting measured in `benchmarks/alfi_paper.py` at
-        n = 100 and 500: 2,000 tasks, 8 epochs, a cosine schedule (as run on the
-        Gaussian and Laplace; Poisson ran 3,000 tasks, Weinberg M = 8, K = 64).
-        They spend 2,000 n simulations on the tasks
-        and 8 x 2,000 x T M K in the recurrent steps (96 million at n = 500 and
-        the default T, M, K), 2 to 3 minutes on a 2-core CPU for those
-        simulators (about 120 tasks a second per epoch); the results are in the
-        README.
+        The defaults are the setting measured in
+        `benchmarks/alfi_inference_settings.py` and `benchmarks/alfi_paper.py`
+        on 4 problems at n = 100 and 500: 2,000 tasks, 8 epochs, a cosine
+        schedule, with the default T, M, K. They spend 2,000 n simulations on
+        the tasks, 8 x 2,000 x T M K in the recurrent steps (96 million) and,
+        for the scale calibration, the posterior's settings on the 200 held-out
+        tasks (200 x T x 10 n: 15 million at n = 500), in all
+        134 to 177 s on a 2-core CPU for those simulators (one thread); the
+        results are in the README. The posterior then simulates more per step
+        than training does (:meth:`inference_settings`).
 
         Every recurrent step calls the simulator once for the whole meta-batch
         (tasks x draws x simulations). A `validation_fraction` of the tasks is held

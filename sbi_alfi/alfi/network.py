@@ -63,7 +63,9 @@ class RecurrentMachine(nn.Module):
         (a, c, d) = \eta(h_{t+1}), \\
         \mu_{t+1} = \mu_t + \sigma_t \left(2 \,\mathrm{sigmoid}(a)\, \delta_t
         + b \tanh(c)\right), \quad
-        \log \sigma_{t+1} = \log \sigma_t + b \tanh(d).
+        \log \sigma_{t+1} = \log \sigma_t + b \tanh(d),
+
+    :math:`f_t` how closely the draws' embeddings follow each parameter.
 
     A learned map from embeddings to :math:`\Delta\mu` must be as precise where
     the posterior is 1e-3 of the prior wide as where it is 1/3, and the paper's
@@ -111,9 +113,6 @@ class RecurrentMachine(nn.Module):
         gauss_newton: Whether the step reads a Gauss–Newton step and moves
             :math:`\mu` in units of :math:`\sigma` (above); `False` is the
             paper's step.
-        local_quantiles: The number of quantiles of each step's simulated data
-            whose shares the Gauss–Newton step also reads (:func:`local_ranks`);
-            0 for none.
 
     Example:
         >>> import torch
@@ -128,8 +127,7 @@ class RecurrentMachine(nn.Module):
         torch.Size([4, 4])
     """
 
-    # Machines pickled before these options load without them.
-    gauss_newton, local_quantiles = False, 0
+    gauss_newton = False  # machines pickled before the option load without it
 
     def __init__(
         self,
@@ -145,14 +143,12 @@ class RecurrentMachine(nn.Module):
         learned_initial: bool = False,
         pooling: Literal["mean", "mean_sd"] = "mean_sd",
         gauss_newton: bool = False,
-        local_quantiles: int = 0,
     ):
         super().__init__()
         if pooling not in ("mean", "mean_sd"):
             raise ValueError(f"`pooling` must be 'mean' or 'mean_sd', got {pooling!r}.")
         self.pooling = pooling
         self.gauss_newton = gauss_newton
-        self.local_quantiles = local_quantiles
         self.theta_dim = theta_dim
         self.x_shape = torch.Size(x_shape)
         self.step_bound = step_bound
@@ -262,8 +258,6 @@ class RecurrentMachine(nn.Module):
         e_o: Tensor,
         z: Tensor,
         e: Tensor,
-        g_o: Tensor | None = None,
-        g: Tensor | None = None,
     ) -> tuple[Tensor, Tensor]:
         r"""One update of the proposal.
 
@@ -274,9 +268,6 @@ class RecurrentMachine(nn.Module):
                 (:meth:`embed_set`).
             z: The draws from the proposals, of shape `(B, M, D)`, `M >= 2`.
             e: The embeddings of the data simulated at each draw, `(B, M, F)`.
-            g_o: Further statistics of the observed data sets that only the
-                Gauss-Newton step reads, `(B, G)` (:func:`local_ranks`).
-            g: The same statistics of the data simulated at each draw, `(B, M, G)`.
 
         Returns:
             The next proposals and GRU states.
@@ -298,8 +289,6 @@ class RecurrentMachine(nn.Module):
             psi = psi + self.step_bound * torch.tanh(self.rim_out(h))
             mu, log_sigma = psi.chunk(2, dim=-1)
         else:
-            if g is not None:
-                e, e_o = torch.cat([e, g], -1), torch.cat([e_o[:, 0], g_o], -1)[:, None]
             delta, fit = gauss_newton_step(u, e, e_o[:, 0])
             h = self.gru(self.rim_in(torch.cat([summary, psi, delta, fit], -1)), h)
             gain, correction, dlog_sigma = self.rim_out(h).split(self.theta_dim, -1)
@@ -361,44 +350,6 @@ def gauss_newton_step(
     return delta, beta.square().mean(-1)
 
 
-def local_ranks(
-    x_o: Tensor, x: Tensor, x_ndim: int, num_levels: int
-) -> tuple[Tensor, Tensor]:
-    r"""The share of each data set's points below the quantiles of all the points
-    simulated at a step, per coordinate (ties count half).
-
-    The thresholds move with the proposal, so these shares are statistics local
-    to it: at the quantile nearest the observed data, the share is a sign
-    statistic, which a median needs and a mean of fixed features approximates
-    poorly (the Laplace's location). They carry no gradient (steps), and only
-    the Gauss-Newton step reads them, which regresses on them in closed form.
-
-    Arguments:
-        x_o: The observed data sets, `(B, n, *x_shape)`.
-        x: The simulated data sets, `(B, M, K, *x_shape)`.
-        x_ndim: The number of dimensions of one observation.
-        num_levels: The number :math:`L` of quantiles, evenly spaced in (0, 1).
-
-    Returns:
-        The observed sets' shares `(B, L P)` and the simulated sets' `(B, M, L P)`,
-        :math:`P` the number of coordinates of one observation.
-    """
-    batch, m, k = x.shape[:3]
-    x = x.reshape(batch, m, k, -1)
-    x_o = x_o.reshape(batch, x_o.shape[1], -1)
-    levels = torch.linspace(0, 1, num_levels + 2, dtype=x.dtype, device=x.device)
-    thresholds = torch.quantile(x.flatten(1, 2), levels[1:-1], dim=1)  # (L, B, P)
-    thresholds = thresholds.permute(1, 2, 0)  # (B, P, L)
-
-    def shares(points: Tensor) -> Tensor:  # (B, ..., N, P) -> (B, ..., P L)
-        t = thresholds.reshape(batch, *[1] * (points.dim() - 2), *thresholds.shape[1:])
-        points = points.unsqueeze(-1)
-        below = (points < t).to(x.dtype) + 0.5 * (points == t).to(x.dtype)
-        return below.mean(-3).flatten(-2)
-
-    return shares(x_o), shares(x)
-
-
 def unroll(
     machine: RecurrentMachine,
     x_o: Tensor,
@@ -439,10 +390,7 @@ def unroll(
         z = mu.unsqueeze(1) + log_sigma.exp().unsqueeze(1) * eps
         x = simulate(z.reshape(-1, d).repeat_interleave(num_simulations, dim=0))
         x = x.reshape(batch, num_samples, num_simulations, *x.shape[1:])
-        g_o = g = None
-        if machine.gauss_newton and machine.local_quantiles:
-            g_o, g = local_ranks(x_o, x, len(machine.x_shape), machine.local_quantiles)
-        psi, h = machine.step(psi, h, e_o, z, machine.embed_set(x), g_o, g)
+        psi, h = machine.step(psi, h, e_o, z, machine.embed_set(x))
         trajectory.append(psi)
     return torch.stack(trajectory)
 
