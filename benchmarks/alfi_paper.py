@@ -51,8 +51,9 @@ class Setting:
 SETTINGS = {
     "poisson": Setting(15, 20, 20, 2_000, 8, 32),
     # The paper's Weinberg ran M = 8, K = 64 (batch 16): with the Gauss-Newton
-    # step, 8 draws per step fit its 2-parameter regression poorly (A's squared
-    # error 2.3 times the MLE's against 1.3 with M = K = 20, n = 500).
+    # step, 8 draws per step fit its 2-parameter regression poorly (in a probe
+    # at n = 500, A's squared error 2.3 times the MLE's against 1.3 with
+    # M = K = 20).
     "weinberg": Setting(15, 20, 20, 2_000, 8, 32),
     "gaussian": Setting(15, 20, 20, 2_000, 8, 32),
     # Not in the paper: i.i.d. with heavier tails, its MLE of the location a median.
