@@ -138,6 +138,9 @@ AALR_BUDGET = {
 }
 
 
+OBSERVATION_SEED = 4
+
+
 def aalr_slcp(output: Path, quick: bool = False) -> tuple[list[Path], str]:
     r"""Trains AALR on SLCP, samples the posterior of the observation at
     :math:`\theta^*` by tempered SMC (`smc_vectorized`: the posterior has 4
@@ -153,7 +156,13 @@ def aalr_slcp(output: Path, quick: bool = False) -> tuple[list[Path], str]:
     inference.train(max_num_epochs=budget["max_num_epochs"])
     posterior = inference.build_posterior(mcmc_method="smc_vectorized")
 
-    x_o = sim(sim.theta_true[None])
+    # A fixed observation: the exact reference below, prior draws resampled by
+    # the likelihood, needs an ESS of 20,000 from 3e7 draws. Observations drawn
+    # at theta* with seeds 1-3 left 7,100-9,800 (and the demo's running seed
+    # once 1,600); this one, seed 4, 43,000.
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(OBSERVATION_SEED)
+        x_o = sim(sim.theta_true[None])
     draws = posterior.sample((2_000,), x=x_o, show_progress_bars=False)
 
     def log_target(theta: torch.Tensor) -> torch.Tensor:
