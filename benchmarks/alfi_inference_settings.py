@@ -64,13 +64,6 @@ def targets(problem, sim, theta, x, draws):
     }
 
 
-def errors(problem, sim, theta, x, draws):
-    r"""ALFI's errors E_q[θ] - θ* and the MLE's, per parameter (Weinberg: of A)."""
-    found = targets(problem, sim, theta, x, draws)
-    alfi = {name: d.mean(0) - t for name, (d, t, _) in found.items()}
-    return alfi, {name: m - t for name, (_, t, m) in found.items()}
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("problems", nargs="+", choices=list(SETTINGS))
@@ -117,11 +110,9 @@ def main() -> None:
             posterior.num_averaged_steps = a
             torch.manual_seed(args.seed + 1)
             draws = posterior.sample_batched((1_000,), x)
-            alfi, mle = errors(problem, sim, theta, x, draws)
             found = targets(problem, sim, theta, x, draws)
-            for name in alfi:
-                se, se_mle = alfi[name].square(), mle[name].square()
-                d, t, _ = found[name]
+            for name, (d, t, mle) in found.items():
+                se, se_mle = (d.mean(0) - t).square(), (mle - t).square()
                 covered = coverage(d.unsqueeze(-1), t.unsqueeze(-1))[0]
                 new.append(
                     {

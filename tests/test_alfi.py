@@ -316,7 +316,8 @@ def test_the_default_posterior_simulates_10n_points_per_step_and_averages(
     trajectory = posterior.trajectory(x=x_o)
     average = posterior.theta_transform.inv(trajectory.loc[-2:].mean(0))
     assert torch.allclose(posterior.map(x=x_o)[0], average)
-    assert not torch.allclose(average, trajectory.mean[-1])
+    psi_t = posterior.theta_transform.inv(trajectory.loc[-1])
+    assert not torch.allclose(average, psi_t)  # not psi_T alone
     with pytest.raises(ValueError, match="num_averaged_steps"):
         trained.build_posterior(num_averaged_steps=BUDGET["num_steps"] + 1)
     with pytest.raises(ValueError, match="not been trained"):

@@ -184,12 +184,12 @@ class RecurrentMachine(nn.Module):
 
         d = theta_dim
         self.sample_net = mlp([3 * features + 3 * d, *sample_features], final=nn.Tanh())
-        extra = 2 * d if gauss_newton else 0
-        self.rim_in = mlp(
-            [sample_features[-1] + 2 * d + extra, rim_features], final=nn.ReLU()
-        )
+        # The Gauss-Newton step's inputs (delta, fit) and outputs (gain,
+        # correction, d log sigma) beside the paper's (psi in, d psi out).
+        inputs, outputs = (4 * d, 3 * d) if gauss_newton else (2 * d, 2 * d)
+        self.rim_in = mlp([sample_features[-1] + inputs, rim_features], final=nn.ReLU())
         self.gru = nn.GRUCell(rim_features, recurrent_features)
-        self.rim_out = mlp([recurrent_features, rim_features, 2 * d + extra // 2])
+        self.rim_out = mlp([recurrent_features, rim_features, outputs])
         self.initial_net = (
             mlp([features, rim_features, 2 * d]) if learned_initial else None
         )
