@@ -7,13 +7,15 @@ and an average of the last steps' proposals, against the exact MLE.
         --output benchmarks/results/alfi_inference_24
 
 Each problem's machine is meta-trained once with `alfi_paper.py`'s setting; the
-same 200 held-out data sets are then inferred with four settings of (M draws per
+same 200 held-out data sets are then inferred with five settings of (M draws per
 step, K simulations per draw, the final proposal the average of the last k
 proposals' (μ, log σ)):
 
 - training: the meta-training's M and K, and ψ_T alone (k = 1);
 - K / 2 and 2K: the default with half and twice its K;
-- default: `ALFI.inference_settings()`, what `build_posterior()` runs.
+- default: `ALFI.inference_settings()`, what `build_posterior()` runs;
+- default's points by M: as many simulated points per step as the default,
+  as more draws (M) of the training's K.
 
 The ratio of ALFI's mean (and median) squared error of E_q[θ] to the MLE's, per
 parameter (Weinberg: the asymmetry A), is appended to results.csv in the output
@@ -34,7 +36,7 @@ from alfi_paper import LEVELS, SETTINGS, coverage, run
 from sbi_alfi.simulators import Weinberg
 
 RESULTS = Path(__file__).parent / "results" / "alfi_inference"
-VARIANTS = ("training", "K / 2", "default", "2K")
+VARIANTS = ("training", "K / 2", "default", "2K", "default's points by M")
 FIELDS = [
     "problem",
     "n",
@@ -101,6 +103,14 @@ def main() -> None:
             "K / 2": (m, -(-k // 2), a),
             "default": (m, k, a),
             "2K": (m, 2 * k, a),
+            # As many points per step as the default, but as more draws of the
+            # training's K points each: the noise of each draw's embedding is
+            # then the one the machine was trained on.
+            "default's points by M": (
+                -(-m * k // setting.num_simulations_per_sample),
+                setting.num_simulations_per_sample,
+                a,
+            ),
         }
         new = []
         for variant in VARIANTS:
@@ -162,7 +172,8 @@ def write(rows: list[dict], output: Path, max_num_epochs: int | None = None) -> 
         "seed. Settings (M draws per step, K simulations per draw, the last k "
         "proposals averaged): training, the meta-training's M and K with ψ_T "
         "alone; default, `build_posterior()`'s (its M, K, k in the column); K / 2 "
-        "and 2K, the default with half and twice its K. Coverage: the "
+        "and 2K, the default with half and twice its K; default's points by M, "
+        "its M K points as more draws of the training's K. Coverage: the "
         "share of θ* inside the default posterior's central intervals (quantiles "
         "of its draws).",
         "",
@@ -176,12 +187,16 @@ def write(rows: list[dict], output: Path, max_num_epochs: int | None = None) -> 
     for key in keys:
         cells = []
         for variant in VARIANTS:
-            (row,) = [
+            found = [
                 r
                 for r in rows
                 if (r["problem"], r["n"], r["seed"], r["parameter"]) == key
                 and r["variant"] == variant
             ]
+            if not found:  # a variant added after the row was measured
+                cells.append("—")
+                continue
+            (row,) = found
             if variant == "default":
                 default = f"{row['M']}, {row['K']}, {row['k']}"
                 covered = row["coverage"]

@@ -25,6 +25,9 @@ LOG_SIGMA_MIN, LOG_SIGMA_MAX = math.log(1e-4), math.log(3.0)
 # Quantiles of the meta-training data kept for the rank features, and the number
 # of points they are computed from.
 NUM_QUANTILES, MAX_QUANTILE_POINTS = 1_001, 1_000_000
+# Shrinkage of the embeddings' noise correlation towards the identity in the
+# Gauss-Newton step's weighting, and the points per draw it is estimated from.
+CORRELATION_SHRINKAGE, MAX_CORRELATION_POINTS = 0.05, 64
 
 
 def mlp(sizes: list[int], final: nn.Module | None = None) -> nn.Sequential:
@@ -113,6 +116,13 @@ class RecurrentMachine(nn.Module):
         gauss_newton: Whether the step reads a Gauss–Newton step and moves
             :math:`\mu` in units of :math:`\sigma` (above); `False` is the
             paper's step.
+        weighting: How the Gauss–Newton step weights the embedding's features
+            (:func:`gauss_newton_step`): `"diagonal"`, each by its residual
+            variance; `"correlated"`, by the inverse of their noise covariance
+            too, estimated from the simulated points (:meth:`noise_correlation`).
+        local_quantiles: The number of quantiles of each step's simulated data
+            whose shares the Gauss–Newton step matches besides the embedding
+            (:func:`local_indicators`); 0 for none.
 
     Example:
         >>> import torch
@@ -127,7 +137,11 @@ class RecurrentMachine(nn.Module):
         torch.Size([4, 4])
     """
 
-    gauss_newton = False  # machines pickled before the option load without it
+    # Machines pickled before these options existed load without them.
+    gauss_newton = False
+    weighting = "diagonal"
+    local_quantiles = 0
+    draw_scale = 1.0
 
     def __init__(
         self,
@@ -143,12 +157,22 @@ class RecurrentMachine(nn.Module):
         learned_initial: bool = False,
         pooling: Literal["mean", "mean_sd"] = "mean_sd",
         gauss_newton: bool = False,
+        weighting: Literal["diagonal", "correlated"] = "diagonal",
+        local_quantiles: int = 0,
+        draw_scale: float = 1.0,
     ):
         super().__init__()
         if pooling not in ("mean", "mean_sd"):
             raise ValueError(f"`pooling` must be 'mean' or 'mean_sd', got {pooling!r}.")
+        if weighting not in ("diagonal", "correlated"):
+            raise ValueError(
+                f"`weighting` must be 'diagonal' or 'correlated', got {weighting!r}."
+            )
         self.pooling = pooling
         self.gauss_newton = gauss_newton
+        self.weighting = weighting
+        self.local_quantiles = local_quantiles
+        self.draw_scale = draw_scale
         self.theta_dim = theta_dim
         self.x_shape = torch.Size(x_shape)
         self.step_bound = step_bound
@@ -223,7 +247,9 @@ class RecurrentMachine(nn.Module):
         values = x.reshape(len(x), -1).T.contiguous()
         quantiles = self.x_quantiles.T.contiguous()
         below = torch.searchsorted(quantiles, values)
-        above = torch.searchsorted(quantiles, values, right=True)
+        # The second search finds ties, which only discrete data have.
+        tied = quantiles.gather(1, below.clamp(max=NUM_QUANTILES - 1)) == values
+        above = torch.searchsorted(quantiles, values, right=True) if tied.any() else below
         ranks = (below + above).T.to(z.dtype) / (2 * NUM_QUANTILES) - 0.5
         inputs = torch.cat([z.reshape(len(x), -1), ranks], -1)
         return self.embedding_net(inputs).reshape(*batch, -1)
@@ -232,10 +258,71 @@ class RecurrentMachine(nn.Module):
         r"""Embeds data sets `x` of shape `(*, N, *x_shape)` into `(*, F)`:
         :meth:`embed`'s features pooled over the `N` points (means, then
         standard deviations with `"mean_sd"` pooling)."""
-        e = self.embed(x)
+        return self.pool(self.embed(x))
+
+    def pool(self, e: Tensor) -> Tensor:
+        r"""Pools the points' features `e` of shape `(*, N, F')` over `N`."""
+        mean = e.mean(-2)
         if self.pooling == "mean":
-            return e.mean(-2)
-        return torch.cat([e.mean(-2), e.std(-2, correction=0)], -1)
+            return mean
+        # Written out: 3 times faster than `std` forward and backward over the
+        # (B, M, K, F') features of a step.
+        sd = (e - mean.unsqueeze(-2)).square().mean(-2).sqrt()
+        return torch.cat([mean, sd], -1)
+
+    def matching(
+        self, x_o: Tensor, x: Tensor, points: Tensor, e_o: Tensor, e: Tensor
+    ) -> tuple[Tensor, Tensor, Tensor | None]:
+        r"""What the Gauss–Newton step matches, :func:`gauss_newton_step`'s `(e,
+        e_o, correlation)`: the embeddings `e` `(B, M, F)` and `e_o` `(B, F)` of
+        the simulated data `x` `(B, M, K, *x_shape)` (whose points' features
+        are `points`) and of the observed data `x_o` `(B, n, *x_shape)`, with
+        the shares below local quantiles appended (`local_quantiles`,
+        :func:`local_indicators`), and the correlation of their noise
+        (`"correlated"` weighting, :meth:`noise_correlation`) or `None`."""
+        extra = None
+        if self.local_quantiles:
+            extra, extra_o = local_indicators(x, x_o, self.local_quantiles)
+            e = torch.cat([e, extra.mean(2)], -1)
+            e_o = torch.cat([e_o, extra_o.mean(1)], -1)
+        correlation = None
+        if self.weighting == "correlated":
+            correlation = self.noise_correlation(points, extra)
+        return e, e_o, correlation
+
+    def noise_correlation(self, e: Tensor, extra: Tensor | None = None) -> Tensor:
+        r"""The correlation of the noise of :meth:`pool`'s embeddings, from the
+        points' features `e` of shape `(B, M, K, F')` (`K` points simulated at
+        each of `M` draws), of shape `(B, F, F)`, detached.
+
+        A pooled embedding is, to first order, the mean over the points of
+        their influence functions: :math:`f_i - \bar f` for a mean and
+        :math:`((f_i - \bar f)^2 - s^2) / 2s` for a standard deviation
+        :math:`s`. Their correlation over the :math:`M K` points (at most
+        `MAX_CORRELATION_POINTS` per draw), shrunk towards the identity by
+        `CORRELATION_SHRINKAGE`, is the noise's. Features `extra` of shape
+        `(B, M, K, Q)`, mean-pooled, are appended.
+        """
+        e = e[:, :, :MAX_CORRELATION_POINTS].detach()
+        centred = e - e.mean(2, keepdim=True)
+        if self.pooling == "mean":
+            influence = centred
+        else:
+            sd = centred.square().mean(2, keepdim=True).sqrt()
+            influence = torch.cat(
+                [centred, (centred.square() - sd.square()) / (2 * sd + 1e-6)], -1
+            )
+        if extra is not None:
+            extra = extra[:, :, :MAX_CORRELATION_POINTS]
+            influence = torch.cat([influence, extra - extra.mean(2, keepdim=True)], -1)
+        influence = influence.flatten(1, 2)  # (B, M K, F)
+        cov = influence.transpose(1, 2) @ influence / influence.shape[1]
+        sd = cov.diagonal(dim1=1, dim2=2).sqrt() + 1e-8
+        corr = cov / (sd.unsqueeze(-1) * sd.unsqueeze(-2))
+        eye = torch.eye(corr.shape[-1], dtype=corr.dtype, device=corr.device)
+        # Unit diagonal (a constant feature has none) and shrunk off-diagonal:
+        # positive definite, its smallest eigenvalue at least the shrinkage.
+        return (1 - CORRELATION_SHRINKAGE) * corr * (1 - eye) + eye
 
     def initial_state(
         self, e_o: Tensor, mu: Tensor, sigma: float
@@ -258,6 +345,7 @@ class RecurrentMachine(nn.Module):
         e_o: Tensor,
         z: Tensor,
         e: Tensor,
+        matching: tuple[Tensor, Tensor, Tensor | None] | None = None,
     ) -> tuple[Tensor, Tensor]:
         r"""One update of the proposal.
 
@@ -268,6 +356,8 @@ class RecurrentMachine(nn.Module):
                 (:meth:`embed_set`).
             z: The draws from the proposals, of shape `(B, M, D)`, `M >= 2`.
             e: The embeddings of the data simulated at each draw, `(B, M, F)`.
+            matching: What the Gauss–Newton step matches (:meth:`matching`), if
+                not `(e_o, e, None)`.
 
         Returns:
             The next proposals and GRU states.
@@ -289,7 +379,7 @@ class RecurrentMachine(nn.Module):
             psi = psi + self.step_bound * torch.tanh(self.rim_out(h))
             mu, log_sigma = psi.chunk(2, dim=-1)
         else:
-            delta, fit = gauss_newton_step(u, e, e_o[:, 0])
+            delta, fit = gauss_newton_step(u, *(matching or (e, e_o[:, 0], None)))
             h = self.gru(self.rim_in(torch.cat([summary, psi, delta, fit], -1)), h)
             gain, correction, dlog_sigma = self.rim_out(h).split(self.theta_dim, -1)
             sigma = sigma.squeeze(1)
@@ -304,7 +394,11 @@ class RecurrentMachine(nn.Module):
 
 
 def gauss_newton_step(
-    u: Tensor, e: Tensor, e_o: Tensor, max_step: float = 5.0
+    u: Tensor,
+    e: Tensor,
+    e_o: Tensor,
+    correlation: Tensor | None = None,
+    max_step: float = 5.0,
 ) -> tuple[Tensor, Tensor]:
     r"""A Gauss-Newton step, in units of the proposal's scales, that matches the
     draws' embeddings to the observed one under a linear model fitted over the
@@ -323,6 +417,7 @@ def gauss_newton_step(
         u: The standardized draws, of shape `(B, M, D)`.
         e: Their embeddings, of shape `(B, M, F)`.
         e_o: The observed embeddings, of shape `(B, F)`.
+        correlation: The correlation of the embeddings' noise, `(B, F, F)`.
         max_step: The bound on each coordinate of the step.
 
     Returns:
@@ -339,7 +434,10 @@ def gauss_newton_step(
     gram = uc.transpose(1, 2) @ uc / m + 1e-4 * eye  # (B, D, D)
     beta = torch.linalg.solve(gram, uc.transpose(1, 2) @ r / m)  # (B, D, F)
     residual = (r - uc @ beta).square().mean(1, keepdim=True)  # (B, 1, F)
-    weighted = beta / (residual + 1e-2)
+    weighted = beta / (residual + 1e-2).sqrt()
+    if correlation is not None:
+        weighted = torch.linalg.solve(correlation, weighted.transpose(1, 2)).mT
+    weighted = weighted / (residual + 1e-2).sqrt()
     # Damped (Levenberg-Marquardt) by the normal matrix's value for a direction
     # the embeddings do not follow, F / M (noise alone): where the data do not
     # identify a parameter (Weinberg's ridge), its step shrinks instead of
@@ -348,6 +446,32 @@ def gauss_newton_step(
     delta = torch.linalg.solve(normal, weighted @ r_o.transpose(1, 2)).squeeze(-1)
     delta = (delta + u_mean.squeeze(1)).clamp(-max_step, max_step)
     return delta, beta.square().mean(-1)
+
+
+def local_indicators(x: Tensor, x_o: Tensor, num: int) -> tuple[Tensor, Tensor]:
+    r"""Whether each point lies below each of `num` quantiles (levels :math:`i /
+    (num + 1)`) of the simulated points, per coordinate, ties counting 1/2, for
+    the simulated data `x` `(B, M, K, *x_shape)` and the observed `x_o` `(B, n,
+    *x_shape)`: of shapes `(B, M, K, num P)` and `(B, n, num P)`, `P` the
+    coordinates.
+
+    Their means are the data sets' empirical distribution functions at the
+    quantiles of the present proposal's predictive distribution, wherever the
+    proposal is. Features learned once over the prior have no such resolution:
+    matching these reaches a median's efficiency, where the Laplace's
+    location, which a median estimates best, stayed 1.27-1.31 times the MLE's
+    squared error with the learned features alone.
+    """
+    b, m, k = x.shape[:3]
+    flat, flat_o = x.reshape(b, m * k, -1), x_o.reshape(b, x_o.shape[1], -1)
+    levels = torch.arange(1, num + 1, dtype=flat.dtype, device=flat.device)
+    q = torch.quantile(flat, levels / (num + 1), dim=1).permute(1, 0, 2)  # (B,Q,P)
+
+    def below(values: Tensor) -> Tensor:  # (B, N, P) -> (B, N, Q P)
+        v, t = values.unsqueeze(2), q.unsqueeze(1)
+        return ((v < t).to(v.dtype) + 0.5 * (v == t).to(v.dtype)).flatten(2)
+
+    return below(flat).reshape(b, m, k, -1), below(flat_o)
 
 
 def unroll(
@@ -387,10 +511,15 @@ def unroll(
     for _ in range(num_steps):
         mu, log_sigma = psi.detach().chunk(2, dim=-1)
         eps = torch.randn(batch, num_samples, d, dtype=mu.dtype, device=mu.device)
-        z = mu.unsqueeze(1) + log_sigma.exp().unsqueeze(1) * eps
+        z = mu.unsqueeze(1) + machine.draw_scale * log_sigma.exp().unsqueeze(1) * eps
         x = simulate(z.reshape(-1, d).repeat_interleave(num_simulations, dim=0))
         x = x.reshape(batch, num_samples, num_simulations, *x.shape[1:])
-        psi, h = machine.step(psi, h, e_o, z, machine.embed_set(x))
+        points = machine.embed(x)
+        e = machine.pool(points)
+        matching = None
+        if machine.gauss_newton:
+            matching = machine.matching(x_o, x, points, e_o, e)
+        psi, h = machine.step(psi, h, e_o, z, e, matching)
         trajectory.append(psi)
     return torch.stack(trajectory)
 
