@@ -81,8 +81,9 @@ class ALFI:
             at equal budget it reached a 4x-50x lower median error on Poisson
             (`benchmarks/`), since no steps are spent travelling from a random start.
         machine_kwargs: Further arguments of :class:`RecurrentMachine` (widths,
-            `step_bound`, `pooling`; `{"gauss_newton": False}` for the paper's
-            step).
+            `step_bound`, `pooling`, what the Gauss–Newton step matches:
+            `weighting`, `local_quantiles`; `{"gauss_newton": False}` for the
+            paper's step).
         device: The training device, as in `sbi`.
         show_progress_bars: Whether to show progress bars.
         engine: Where the simulator runs, for the meta-dataset, every recurrent
@@ -147,6 +148,8 @@ class ALFI:
         self._machine_kwargs = {
             "learned_initial": initial_proposal == "learned",
             "gauss_newton": True,
+            "weighting": "correlated",
+            "local_quantiles": 9,
             **(machine_kwargs or {}),
         }
         self._show_progress_bars = show_progress_bars

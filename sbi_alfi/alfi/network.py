@@ -70,6 +70,15 @@ class RecurrentMachine(nn.Module):
 
     :math:`f_t` how closely the draws' embeddings follow each parameter.
 
+    What the Gauss–Newton step matches (:meth:`matching`) is, by default in
+    :class:`ALFI`, the embedding and the shares of each data set below 9
+    quantiles of the step's simulated points (`local_quantiles`), weighted by
+    the inverse of their noise covariance (`weighting="correlated"`, efficient
+    GMM). The embedding's features are learned once for the whole prior; the
+    local shares are an empirical distribution function read where the
+    proposal is, which a median needs (the Laplace's location), and features
+    matched one by one waste what their correlation carries.
+
     A learned map from embeddings to :math:`\Delta\mu` must be as precise where
     the posterior is 1e-3 of the prior wide as where it is 1/3, and the paper's
     machine was not: on Poisson at n = 500 its error over the MLE's grew with
@@ -141,7 +150,6 @@ class RecurrentMachine(nn.Module):
     gauss_newton = False
     weighting = "diagonal"
     local_quantiles = 0
-    draw_scale = 1.0
 
     def __init__(
         self,
@@ -159,7 +167,6 @@ class RecurrentMachine(nn.Module):
         gauss_newton: bool = False,
         weighting: Literal["diagonal", "correlated"] = "diagonal",
         local_quantiles: int = 0,
-        draw_scale: float = 1.0,
     ):
         super().__init__()
         if pooling not in ("mean", "mean_sd"):
@@ -172,7 +179,6 @@ class RecurrentMachine(nn.Module):
         self.gauss_newton = gauss_newton
         self.weighting = weighting
         self.local_quantiles = local_quantiles
-        self.draw_scale = draw_scale
         self.theta_dim = theta_dim
         self.x_shape = torch.Size(x_shape)
         self.step_bound = step_bound
@@ -511,7 +517,7 @@ def unroll(
     for _ in range(num_steps):
         mu, log_sigma = psi.detach().chunk(2, dim=-1)
         eps = torch.randn(batch, num_samples, d, dtype=mu.dtype, device=mu.device)
-        z = mu.unsqueeze(1) + machine.draw_scale * log_sigma.exp().unsqueeze(1) * eps
+        z = mu.unsqueeze(1) + log_sigma.exp().unsqueeze(1) * eps
         x = simulate(z.reshape(-1, d).repeat_interleave(num_simulations, dim=0))
         x = x.reshape(batch, num_samples, num_simulations, *x.shape[1:])
         points = machine.embed(x)
