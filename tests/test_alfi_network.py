@@ -61,6 +61,16 @@ def test_the_noise_correlation_of_pooled_gaussian_features(pooling, figure):
     found = (found - eye) / (1 - CORRELATION_SHRINKAGE) + eye
     expected = rho if pooling == "mean" else torch.block_diag(rho, rho.square())
     figure.at_most("largest error of a correlation", (found - expected).abs(), 0.06)
+    # Linear combinations of the pooled features (`match_features`): theirs,
+    # from the influences' covariance (a standard deviation's has half the
+    # variance of a mean's, for Gaussian features).
+    projection = torch.randn(2, len(expected))
+    found = machine.noise_correlation(points, projection=projection)[0]
+    found = (found - eye[:2, :2]) / (1 - CORRELATION_SHRINKAGE) + eye[:2, :2]
+    sd = torch.tensor([1.0, 1.0, 1.0, 0.5**0.5, 0.5**0.5, 0.5**0.5])[: len(expected)]
+    cov = projection @ (sd[:, None] * expected * sd) @ projection.T
+    expected = cov / cov.diagonal().sqrt()[:, None] / cov.diagonal().sqrt()
+    figure.at_most("largest error of a correlation", (found - expected).abs(), 0.06)
 
 
 def test_local_indicators():

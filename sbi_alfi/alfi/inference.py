@@ -150,6 +150,7 @@ class ALFI:
             "gauss_newton": True,
             "weighting": "correlated",
             "local_quantiles": 9,
+            "match_features": 2 * self._theta_dim,
             **(machine_kwargs or {}),
         }
         self._show_progress_bars = show_progress_bars

@@ -132,6 +132,8 @@ class RecurrentMachine(nn.Module):
         local_quantiles: The number of quantiles of each step's simulated data
             whose shares the Gauss–Newton step matches besides the embedding
             (:func:`local_indicators`); 0 for none.
+        match_features: The number of learned linear combinations of those
+            features that the Gauss–Newton step matches; 0 for all of them.
 
     Example:
         >>> import torch
@@ -167,6 +169,7 @@ class RecurrentMachine(nn.Module):
         gauss_newton: bool = False,
         weighting: Literal["diagonal", "correlated"] = "diagonal",
         local_quantiles: int = 0,
+        match_features: int = 0,
     ):
         super().__init__()
         if pooling not in ("mean", "mean_sd"):
@@ -220,6 +223,10 @@ class RecurrentMachine(nn.Module):
         self.rim_in = mlp([sample_features[-1] + inputs, rim_features], final=nn.ReLU())
         self.gru = nn.GRUCell(rim_features, recurrent_features)
         self.rim_out = mlp([recurrent_features, rim_features, outputs])
+        matched = features + local_quantiles * numel
+        self.match_projection = (
+            nn.Linear(matched, match_features, bias=False) if match_features else None
+        )
         self.initial_net = (
             mlp([features, rim_features, 2 * d]) if learned_initial else None
         )
@@ -291,12 +298,19 @@ class RecurrentMachine(nn.Module):
             extra, extra_o = local_indicators(x, x_o, self.local_quantiles)
             e = torch.cat([e, extra.mean(2)], -1)
             e_o = torch.cat([e_o, extra_o.mean(1)], -1)
+        projection = getattr(self, "match_projection", None)  # older pickles lack it
+        if projection is not None:
+            e, e_o = projection(e), projection(e_o)
         correlation = None
         if self.weighting == "correlated":
-            correlation = self.noise_correlation(points, extra)
+            correlation = self.noise_correlation(
+                points, extra, None if projection is None else projection.weight
+            )
         return e, e_o, correlation
 
-    def noise_correlation(self, e: Tensor, extra: Tensor | None = None) -> Tensor:
+    def noise_correlation(
+        self, e: Tensor, extra: Tensor | None = None, projection: Tensor | None = None
+    ) -> Tensor:
         r"""The correlation of the noise of :meth:`pool`'s embeddings, from the
         points' features `e` of shape `(B, M, K, F')` (`K` points simulated at
         each of `M` draws), of shape `(B, F, F)`, detached.
@@ -323,6 +337,8 @@ class RecurrentMachine(nn.Module):
             influence = torch.cat([influence, extra - extra.mean(2, keepdim=True)], -1)
         influence = influence.flatten(1, 2)  # (B, M K, F)
         cov = influence.transpose(1, 2) @ influence / influence.shape[1]
+        if projection is not None:
+            cov = projection @ cov @ projection.T
         sd = cov.diagonal(dim1=1, dim2=2).sqrt() + 1e-8
         corr = cov / (sd.unsqueeze(-1) * sd.unsqueeze(-2))
         eye = torch.eye(corr.shape[-1], dtype=corr.dtype, device=corr.device)
