@@ -55,7 +55,7 @@ def test_the_noise_correlation_of_pooled_gaussian_features(pooling, figure):
     # deviations as the squares of those correlations, and not with the means.
     machine = RecurrentMachine(1, torch.Size([1]), pooling=pooling)
     rho = torch.tensor([[1.0, 0.8, -0.5], [0.8, 1.0, -0.2], [-0.5, -0.2, 1.0]])
-    points = torch.randn(1, 100, 64, 3) @ torch.linalg.cholesky(rho).T * 3 + 1
+    points = torch.randn(1, 400, 64, 3) @ torch.linalg.cholesky(rho).T * 3 + 1
     found = machine.noise_correlation(points)[0]
     eye = torch.eye(len(found))
     found = (found - eye) / (1 - CORRELATION_SHRINKAGE) + eye

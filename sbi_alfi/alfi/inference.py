@@ -82,8 +82,8 @@ class ALFI:
             (`benchmarks/`), since no steps are spent travelling from a random start.
         machine_kwargs: Further arguments of :class:`RecurrentMachine` (widths,
             `step_bound`, `pooling`, what the Gauss–Newton step matches:
-            `weighting`, `local_quantiles`; `{"gauss_newton": False}` for the
-            paper's step).
+            `weighting`, `local_quantiles`, `match_features`;
+            `{"gauss_newton": False}` for the paper's step).
         device: The training device, as in `sbi`.
         show_progress_bars: Whether to show progress bars.
         engine: Where the simulator runs, for the meta-dataset, every recurrent
