@@ -89,6 +89,20 @@ def test_local_indicators():
     assert (tied == 0.5).all() and (tied_o == 0.5).all()
 
 
-def test_bad_weighting():
+def test_bad_matching_options():
     with pytest.raises(ValueError, match="`weighting` must be"):
         RecurrentMachine(1, torch.Size([1]), weighting="full")
+    with pytest.raises(ValueError, match="`local_quantiles` must be an integer"):
+        RecurrentMachine(1, torch.Size([1]), local_quantiles=-1)
+    with pytest.raises(ValueError, match="`match_features` must be an integer"):
+        RecurrentMachine(1, torch.Size([1]), match_features=2.5)
+
+
+def test_pooling_a_constant_feature_has_a_finite_gradient():
+    # A few equal Poisson counts give a feature no spread over the set: its
+    # standard deviation's gradient must stay finite (it was NaN in 2 of 20
+    # seeds of meta-training).
+    machine = RecurrentMachine(1, torch.Size([1]))
+    e = torch.ones(2, 10, 3, requires_grad=True)
+    machine.pool(e).sum().backward()
+    assert torch.isfinite(e.grad).all()
