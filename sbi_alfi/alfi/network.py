@@ -271,7 +271,9 @@ class RecurrentMachine(nn.Module):
         below = torch.searchsorted(quantiles, values)
         # The second search finds ties, which only discrete data have.
         tied = quantiles.gather(1, below.clamp(max=NUM_QUANTILES - 1)) == values
-        above = torch.searchsorted(quantiles, values, right=True) if tied.any() else below
+        above = below
+        if tied.any():
+            above = torch.searchsorted(quantiles, values, right=True)
         ranks = (below + above).T.to(z.dtype) / (2 * NUM_QUANTILES) - 0.5
         inputs = torch.cat([z.reshape(len(x), -1), ranks], -1)
         return self.embedding_net(inputs).reshape(*batch, -1)
