@@ -217,7 +217,7 @@ class ALFI:
         the tasks, 8 x 2,000 x T M K in the recurrent steps (96 million) and,
         for the scale calibration, the posterior's settings on the 200 held-out
         tasks (200 x T x 10 n: 15 million at n = 500), in all
-        134 to 177 s on a 2-core CPU for those simulators (one thread); the
+        130 to 179 s on a 2-core CPU for those simulators (one thread); the
         results are in the README. The posterior then simulates more per step
         than training does (:meth:`inference_settings`).
 
