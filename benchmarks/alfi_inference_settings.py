@@ -7,9 +7,9 @@ and an average of the last steps' proposals, against the exact MLE.
         --output benchmarks/results/alfi_inference_24
 
 Each problem's machine is meta-trained once with `alfi_paper.py`'s setting; the
-same 200 held-out data sets are then inferred with five settings of (M draws per
-step, K simulations per draw, the final proposal the average of the last k
-proposals' (μ, log σ)):
+same 200 (`--num-test`) held-out data sets are then inferred with five settings
+of (M draws per step, K simulations per draw, the final proposal the average
+of the last k proposals' (μ, log σ)):
 
 - training: the meta-training's M and K, and ψ_T alone (k = 1);
 - K / 2 and 2K: the default with half and twice its K;
@@ -77,6 +77,12 @@ def main() -> None:
         "another --output: the table does not name it)",
     )
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--num-test",
+        type=int,
+        default=200,
+        help="held-out data sets (with another --output: the table states it)",
+    )
     parser.add_argument("--output", type=Path, default=RESULTS)
     args = parser.parse_args()
     args.output.mkdir(parents=True, exist_ok=True)
@@ -85,7 +91,7 @@ def main() -> None:
         setting = replace(SETTINGS[problem], num_observations=args.num_observations)
         if args.max_num_epochs:
             setting = replace(setting, max_num_epochs=args.max_num_epochs)
-        result = run(problem, setting, 200, args.seed)
+        result = run(problem, setting, args.num_test, args.seed)
         sim, posterior, theta, x = (
             result[k] for k in ("sim", "posterior", "theta", "x")
         )
@@ -154,10 +160,15 @@ def main() -> None:
             writer = csv.DictWriter(f, FIELDS)
             writer.writeheader()
             writer.writerows(rows)
-    write(rows, args.output, args.max_num_epochs)
+    write(rows, args.output, args.max_num_epochs, args.num_test)
 
 
-def write(rows: list[dict], output: Path, max_num_epochs: int | None = None) -> None:
+def write(
+    rows: list[dict],
+    output: Path,
+    max_num_epochs: int | None = None,
+    num_test: int = 200,
+) -> None:
     keys = sorted({(r["problem"], r["n"], r["seed"], r["parameter"]) for r in rows})
     lines = [
         "# ALFI's inference settings",
@@ -165,17 +176,18 @@ def write(rows: list[dict], output: Path, max_num_epochs: int | None = None) -> 
         "`python benchmarks/alfi_inference_settings.py <problems> "
         "[--num-observations N] [--seed S]"
         + (f" --max-num-epochs {max_num_epochs}" if max_num_epochs else "")
+        + (f" --num-test {num_test}" if num_test != 200 else "")
         + "`, on "
         f"{platform.machine()}, torch {torch.__version__}. Each cell: ALFI's mean "
-        "squared error of E_q[θ] over the MLE's (median's ratio in brackets), 200 "
-        "held-out data sets, one meta-trained machine per row's problem, n and "
-        "seed. Settings (M draws per step, K simulations per draw, the last k "
-        "proposals averaged): training, the meta-training's M and K with ψ_T "
-        "alone; default, `build_posterior()`'s (its M, K, k in the column); K / 2 "
-        "and 2K, the default with half and twice its K; default's points by M, "
-        "its M K points as more draws of the training's K. Coverage: the "
-        "share of θ* inside the default posterior's central intervals (quantiles "
-        "of its draws).",
+        "squared error of E_q[θ] over the MLE's (median's ratio in brackets), "
+        f"{num_test:,} held-out data sets, one meta-trained machine per row's "
+        "problem, n and seed. Settings (M draws per step, K simulations per draw, "
+        "the last k proposals averaged): training, the meta-training's M and K "
+        "with ψ_T alone; default, `build_posterior()`'s (its M, K, k in the "
+        "column); K / 2 and 2K, the default with half and twice its K; "
+        "default's points by M, its M K points as more draws of the training's "
+        "K. Coverage: the share of θ* inside the default posterior's central "
+        "intervals (quantiles of its draws).",
         "",
         "| problem | n | seed | parameter | training s | default M, K, k | "
         + " | ".join(VARIANTS)
