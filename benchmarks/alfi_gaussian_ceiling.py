@@ -17,10 +17,10 @@ depends on A alone) and reads A out of:
 
 Each: mean (median) squared error over the exact MLE's, with a bootstrap 90 %
 interval, the share of A* inside the central 50/80/95 % intervals of the
-Gaussians' A, and the share of θ* inside their marginals' intervals. What
-the diagonal Gaussian reaches is the most ALFI's posterior mean can reach on
-this problem. Writes README.md and results.csv to
-benchmarks/results/alfi_gaussian_ceiling/.
+Gaussians' A, and the share of θ* inside their marginals' intervals. The
+diagonal Gaussian is the optimum of ALFI's loss in its family: what its
+E_q[A] reaches is what a perfectly trained machine would reach. Writes
+README.md and results.csv to benchmarks/results/alfi_gaussian_ceiling/.
 """
 
 from __future__ import annotations
@@ -169,7 +169,8 @@ def write(rows: list[dict], args: argparse.Namespace) -> None:
         "Gaussian's A, and of θ* = (E_b; G_F) inside its marginals'. The "
         "diagonal Gaussian is the best proposal under ALFI's loss (the exact "
         "posterior's mean and variances in the standardized space z): its "
-        "row bounds what ALFI's E_q[A] can reach.",
+        "row is what ALFI's loss aims at. The two Gaussians share their "
+        "marginals, hence their θ coverage.",
         "",
         "| n | read-out of A | mean ratio | median ratio | A's coverage at "
         "50/80/95 % | θ's coverage (E_b; G_F) |",
