@@ -26,10 +26,12 @@ LEVELS = (0.5, 0.8, 0.95)
 ROW = re.compile(r"^\| (\w+) \| ([\d.]+) \| ([\d.]+) \| ([\d.]+) \|$")
 
 
-def read(path: Path) -> dict[str, tuple[float, ...]]:
-    r"""The coverage rows of one results page: parameter -> (50, 80, 95 %)."""
+def read(path: Path) -> tuple[dict[str, tuple[float, ...]], int]:
+    r"""The coverage rows of one results page, parameter -> (50, 80, 95 %), and
+    the number of data sets they count."""
     lines = path.read_text().splitlines()
     start = next(i for i, line in enumerate(lines) if line.startswith("Coverage of"))
+    count = int(re.search(r"\((\d+) data sets", lines[start])[1])
     rows = {}
     for line in lines[start:]:
         match = ROW.match(line)
@@ -37,7 +39,7 @@ def read(path: Path) -> dict[str, tuple[float, ...]]:
             rows[match[1]] = tuple(float(v) for v in match.groups()[1:])
         elif rows and not line.startswith("|"):
             break
-    return rows
+    return rows, count
 
 
 def main() -> None:
@@ -47,10 +49,15 @@ def main() -> None:
         "`python benchmarks/alfi_coverage.py`, from the pages of "
         "`alfi_paper.py <problem>` at n = 500 and `--num-observations 100`: the "
         "share of 200 held-out θ* inside the central intervals of q(θ | ψ_T) "
-        "(the target: within ±0.05 of the level).",
+        "(the target: within ±0.05 of the level). A share of 200 data sets has "
+        "a standard error of 0.035 at 50 %, 0.028 at 80 % and 0.015 at 95 %: "
+        "the last column gives the largest gap in those units (for an exactly "
+        "calibrated posterior, beyond 2 in one row in 10 and beyond 3 in one in "
+        "120, by chance: a simulation of its uniform ranks).",
         "",
-        "| n | problem | parameter | 50 % | 80 % | 95 % | worst gap |",
-        "| --- | --- | --- | --- | --- | --- | --- |",
+        "| n | problem | parameter | 50 % | 80 % | 95 % | worst gap | "
+        "in standard errors |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     fig, axes = plt.subplots(1, 2, figsize=(10, 4.5), sharey=True)
     for ax, (n, folder) in zip(
@@ -59,14 +66,20 @@ def main() -> None:
         ax.fill_between([0.4, 1.0], [0.35, 0.95], [0.45, 1.05], color="0.9")
         ax.plot([0.4, 1.0], [0.4, 1.0], color="0.5", lw=1)
         for problem in PROBLEMS:
-            for parameter, covered in read(folder / f"{problem}.md").items():
-                gap = max(
-                    abs(c - level) for c, level in zip(covered, LEVELS, strict=True)
-                )
+            rows, count = read(folder / f"{problem}.md")
+            for parameter, covered in rows.items():
+                gaps = [
+                    (
+                        abs(c - level),
+                        abs(c - level) / (level * (1 - level) / count) ** 0.5,
+                    )
+                    for c, level in zip(covered, LEVELS, strict=True)
+                ]
                 table.append(
                     f"| {n} | {problem} | {parameter} | "
                     + " | ".join(f"{c:.2f}" for c in covered)
-                    + f" | {gap:.2f} |"
+                    + f" | {max(g for g, _ in gaps):.2f} | "
+                    f"{max(z for _, z in gaps):.1f} |"
                 )
                 ax.plot(LEVELS, covered, marker="o", label=f"{problem}, {parameter}")
         ax.set_title(f"n = {n}")
