@@ -7,11 +7,7 @@ from sbi_alfi.alfi.network import (
     CORRELATION_SHRINKAGE,
     RecurrentMachine,
     gauss_newton_step,
-    gaussian_nll,
-    gaussian_proposal,
     local_indicators,
-    proposal_moments,
-    unroll,
 )
 
 LEVELS = torch.arange(1, 10, dtype=torch.float64) / 10
@@ -102,69 +98,6 @@ def test_bad_matching_options():
         RecurrentMachine(1, torch.Size([1]), local_quantiles=-1)
     with pytest.raises(ValueError, match="`match_features` must be an integer"):
         RecurrentMachine(1, torch.Size([1]), match_features=2.5)
-    with pytest.raises(ValueError, match="`covariance` must be"):
-        RecurrentMachine(1, torch.Size([1]), covariance="dense")
-
-
-def test_full_covariance_proposal_is_one_gaussian_everywhere():
-    # psi = (mu, log sigma, w), D = 3: Sigma = U diag(sigma^2) U^T, U unit
-    # lower-triangular with w below its diagonal (rows in order).
-    torch.manual_seed(0)
-    psi = torch.randn(4, 9, dtype=torch.float64)
-    mu, sigma, w = psi[:, :3], psi[:, 3:6].exp(), psi[:, 6:]
-    u = torch.eye(3, dtype=torch.float64).repeat(4, 1, 1)
-    u[:, 1, 0], u[:, 2, 0], u[:, 2, 1] = w[:, 0], w[:, 1], w[:, 2]
-    cov = u @ torch.diag_embed(sigma.square()) @ u.mT
-    exact = torch.distributions.MultivariateNormal(mu, cov)
-    z = torch.randn(4, 3, dtype=torch.float64)
-    q = gaussian_proposal(psi, theta_dim=3)
-    assert torch.allclose(q.covariance_matrix, cov)
-    assert torch.allclose(gaussian_nll(psi, z, theta_dim=3), -exact.log_prob(z))
-    loc, scale = proposal_moments(psi, 3)
-    assert torch.allclose(loc, mu) and torch.allclose(
-        scale, cov.diagonal(0, 1, 2).sqrt()
-    )
-    # A per-coordinate calibration scales the marginals, not the correlations.
-    c = torch.tensor([2.0, 0.5, 1.0], dtype=torch.float64)
-    scaled = gaussian_proposal(psi, c, 3).covariance_matrix
-    assert torch.allclose(scaled, c[:, None] * cov * c)
-    # With w = 0 it is the diagonal proposal, in its density and its beta-NLL.
-    diagonal = torch.cat([psi[:, :6], torch.zeros(4, 3, dtype=psi.dtype)], -1)
-    for beta in (0.0, 0.5):
-        assert torch.allclose(
-            gaussian_nll(diagonal, z, beta, 3), gaussian_nll(psi[:, :6], z, beta)
-        )
-
-
-def test_a_full_covariance_machine_draws_from_its_proposal():
-    # unroll's draws at psi_0 follow q(. | psi_0), correlations included: a
-    # machine whose initial proposal has w = 2 (correlation 2 / sqrt(5)).
-    torch.manual_seed(0)
-    machine = RecurrentMachine(2, torch.Size([1]), gauss_newton=True, covariance="full")
-    draws = []
-
-    def simulate(z):
-        draws.append(z)
-        return torch.randn(len(z), 1)
-
-    initial = machine.initial_state
-
-    def tilted(e_o, mu, sigma):
-        psi, h = initial(e_o, mu, sigma)
-        return psi + torch.tensor([0.0, 0.0, 0.0, 0.0, 2.0]), h
-
-    machine.initial_state = tilted
-    psi = unroll(
-        machine, torch.randn(3, 50, 1), simulate, torch.zeros(3, 2), 1.0, 1, 4_000, 1
-    )
-    assert psi.shape == (2, 3, 5)
-    z = draws[0].reshape(3, 4_000, 2)
-    assert torch.allclose(z.std(1), torch.tensor([1.0, 5**0.5]), rtol=0.05)
-    correlation = torch.corrcoef(z[0].T)[0, 1]
-    assert abs(correlation - 2 / 5**0.5) < 0.02
-    # Gradients reach the factor's outputs through the next proposal.
-    gaussian_nll(psi[-1], torch.zeros(3, 2), theta_dim=2).sum().backward()
-    assert machine.rim_out[-1].weight.grad[-1].abs().sum() > 0
 
 
 def test_pooling_a_constant_feature_has_a_finite_gradient():

@@ -21,7 +21,7 @@ from tqdm.auto import tqdm
 
 from ..simulation import Engine, simulate_batch
 from .calibration import scale_calibration
-from .network import RecurrentMachine, gaussian_nll, proposal_moments, step_weights
+from .network import RecurrentMachine, gaussian_nll, step_weights
 from .posterior import ALFIPosterior, check_budget
 from .rollout import Z_MAX, rollout, simulate_standardized
 
@@ -388,9 +388,9 @@ class ALFI:
             torch.manual_seed(VALIDATION_SEED)
             for batch in state.validation.split(batch_size):
                 psi = posterior._final(posterior._run(state.x[batch]))
-                mu, scale = proposal_moments(psi, posterior.machine.theta_dim)
+                mu, log_sigma = psi.chunk(2, -1)
                 z_star = self._theta_transform(state.theta[batch]).clamp(-Z_MAX, Z_MAX)
-                residuals.append((z_star - mu) / scale)
+                residuals.append((z_star - mu) / log_sigma.exp())
         return scale_calibration(torch.cat(residuals))
 
     def _new_training(
@@ -427,7 +427,7 @@ class ALFI:
         for batch in order.split(batch_size):
             psi = self._unroll(machine, state.x[batch], len(weights) - 1)
             z_star = self._theta_transform(state.theta[batch]).clamp(-Z_MAX, Z_MAX)
-            nll = gaussian_nll(psi, z_star, nll_beta, machine.theta_dim)
+            nll = gaussian_nll(psi, z_star, nll_beta)
             loss = (weights[:, None] * nll).sum(0).mean()
             optimizer.zero_grad()
             loss.backward()
@@ -510,12 +510,12 @@ class ALFI:
                 theta = state.theta[batch]
                 psi = self._unroll(machine, state.x[batch], len(weights) - 1)
                 z_star = self._theta_transform(theta).clamp(-Z_MAX, Z_MAX)
-                nll = gaussian_nll(psi, z_star, theta_dim=machine.theta_dim)
+                nll = gaussian_nll(psi, z_star)
                 losses.append((weights[:, None] * nll).sum(0))
-                mu, scale = proposal_moments(psi[-1], machine.theta_dim)
+                mu, log_sigma = psi[-1].chunk(2, -1)
                 estimate = self._theta_transform.inv(mu)
                 squared_errors.append((estimate - theta).square())
-                residuals.append((z_star - mu) / scale)
+                residuals.append((z_star - mu) / log_sigma.exp())
         rmse = torch.cat(squared_errors).mean().sqrt().item()
         calibration = scale_calibration(torch.cat(residuals))
         return torch.cat(losses).mean().item(), rmse, calibration

@@ -9,14 +9,12 @@ from typing import Literal
 
 import torch
 from torch import Tensor, nn
-from torch.distributions import Distribution, Independent, MultivariateNormal, Normal
+from torch.distributions import Independent, Normal
 
 __all__ = [
     "RecurrentMachine",
     "gaussian_nll",
     "gaussian_proposal",
-    "proposal_moments",
-    "proposal_parts",
     "step_weights",
     "unroll",
 ]
@@ -139,12 +137,6 @@ class RecurrentMachine(nn.Module):
             (:func:`local_indicators`); 0 for none.
         match_features: The number of learned linear combinations of those
             features that the Gauss–Newton step matches; 0 for all of them.
-        covariance: `"diagonal"`, the paper's proposal; `"full"`, a Gaussian
-            with a full covariance :math:`U \operatorname{diag}(\sigma^2)
-            U^\top` (:func:`proposal_parts`), whose factor's lower entries
-            :math:`w` join :math:`\psi` and move as its scales do, read from
-            the Gauss–Newton fit's correlations; the draws are whitened by
-            the factor and the step moves the mean in its units.
 
     Example:
         >>> import torch
@@ -163,7 +155,6 @@ class RecurrentMachine(nn.Module):
     gauss_newton = False
     weighting = "diagonal"
     local_quantiles = 0
-    covariance = "diagonal"
 
     def __init__(
         self,
@@ -182,7 +173,6 @@ class RecurrentMachine(nn.Module):
         weighting: Literal["diagonal", "correlated"] = "diagonal",
         local_quantiles: int = 0,
         match_features: int = 0,
-        covariance: Literal["diagonal", "full"] = "diagonal",
     ):
         super().__init__()
         if pooling not in ("mean", "mean_sd"):
@@ -190,10 +180,6 @@ class RecurrentMachine(nn.Module):
         if weighting not in ("diagonal", "correlated"):
             raise ValueError(
                 f"`weighting` must be 'diagonal' or 'correlated', got {weighting!r}."
-            )
-        if covariance not in ("diagonal", "full"):
-            raise ValueError(
-                f"`covariance` must be 'diagonal' or 'full', got {covariance!r}."
             )
         for name, value in (
             ("local_quantiles", local_quantiles),
@@ -205,7 +191,6 @@ class RecurrentMachine(nn.Module):
         self.gauss_newton = gauss_newton
         self.weighting = weighting
         self.local_quantiles = local_quantiles
-        self.covariance = covariance
         self.theta_dim = theta_dim
         self.x_shape = torch.Size(x_shape)
         self.step_bound = step_bound
@@ -240,16 +225,10 @@ class RecurrentMachine(nn.Module):
             features = 2 * features
 
         d = theta_dim
-        # psi's width: the means, the log-scales and, for a full covariance,
-        # the factor's strictly lower entries.
-        width = 2 * d + (d * (d - 1) // 2 if covariance == "full" else 0)
         self.sample_net = mlp([3 * features + 3 * d, *sample_features], final=nn.Tanh())
-        # The Gauss-Newton step's inputs (delta, fit and, for a full
-        # covariance, the fit's correlations) and outputs (gain, correction,
-        # d log sigma, d of the factor) beside the paper's (psi in, d psi out).
-        inputs, outputs = (width, width)
-        if gauss_newton:
-            inputs, outputs = 2 * width, width + d
+        # The Gauss-Newton step's inputs (delta, fit) and outputs (gain,
+        # correction, d log sigma) beside the paper's (psi in, d psi out).
+        inputs, outputs = (4 * d, 3 * d) if gauss_newton else (2 * d, 2 * d)
         self.rim_in = mlp([sample_features[-1] + inputs, rim_features], final=nn.ReLU())
         self.gru = nn.GRUCell(rim_features, recurrent_features)
         self.rim_out = mlp([recurrent_features, rim_features, outputs])
@@ -392,14 +371,7 @@ class RecurrentMachine(nn.Module):
             mu, offset = self.initial_net(e_o).chunk(2, dim=-1)
             log_sigma = log_sigma + offset
         h = mu.new_zeros(len(mu), self.gru.hidden_size)
-        d = self.theta_dim
-        tril = mu.new_zeros(len(mu), d * (d - 1) // 2 if self.full else 0)
-        return torch.cat([mu, log_sigma, tril], -1), h
-
-    @property
-    def full(self) -> bool:
-        r"""Whether the proposal has a full covariance."""
-        return self.covariance == "full"
+        return torch.cat([mu, log_sigma], -1), h
 
     def step(
         self,
@@ -413,8 +385,7 @@ class RecurrentMachine(nn.Module):
         r"""One update of the proposal.
 
         Arguments:
-            psi: The proposals :math:`(\mu, \log\sigma)`, of shape `(B, 2D)`
-                (and :math:`w`, `(B, 2D + D(D - 1)/2)`, for a full covariance).
+            psi: The proposals :math:`(\mu, \log\sigma)`, of shape `(B, 2D)`.
             h: The GRU states, of shape `(B, H)`.
             e_o: The embeddings of the observed data sets, of shape `(B, F)`
                 (:meth:`embed_set`).
@@ -426,16 +397,9 @@ class RecurrentMachine(nn.Module):
         Returns:
             The next proposals and GRU states.
         """
-        d = self.theta_dim
-        mu, log_sigma, factor = proposal_parts(psi.unsqueeze(1), d)
+        mu, log_sigma = psi.unsqueeze(1).chunk(2, dim=-1)
         sigma = log_sigma.exp()
-        if factor is None:
-            u = (z - mu) / sigma
-        else:  # whitened: u = L^-1 (z - mu), L = U diag(sigma)
-            factor = factor * sigma.unsqueeze(-2)
-            u = torch.linalg.solve_triangular(
-                factor, (z - mu).unsqueeze(-1), upper=False
-            ).squeeze(-1)
+        u = (z - mu) / sigma
         score = torch.cat([u / sigma, u.square() - 1], -1)  # d/dmu, d/dlog(sigma)
         # Standardized over the draws: only the direction of the score matters, and
         # its scale (1/sigma) would otherwise span orders of magnitude.
@@ -448,31 +412,20 @@ class RecurrentMachine(nn.Module):
         if not self.gauss_newton:
             h = self.gru(self.rim_in(torch.cat([summary, psi], -1)), h)
             psi = psi + self.step_bound * torch.tanh(self.rim_out(h))
-            mu, log_sigma, tril = psi[:, :d], psi[:, d : 2 * d], psi[:, 2 * d :]
+            mu, log_sigma = psi.chunk(2, dim=-1)
         else:
             delta, fit = gauss_newton_step(u, *(matching or (e, e_o[:, 0], None)))
-            diagonal = fit.diagonal(dim1=-2, dim2=-1)
-            inputs = [summary, psi, delta, diagonal]
-            if self.full:  # which way the data's information points
-                rows, cols = torch.tril_indices(d, d, -1, device=fit.device)
-                scale = diagonal.sqrt() + 1e-8
-                inputs.append(fit[:, rows, cols] / (scale[:, rows] * scale[:, cols]))
-            h = self.gru(self.rim_in(torch.cat(inputs, -1)), h)
-            gain, correction, dlog_sigma, dtril = self.rim_out(h).split(
-                [d, d, d, psi.shape[-1] - 2 * d], -1
+            h = self.gru(self.rim_in(torch.cat([summary, psi, delta, fit], -1)), h)
+            gain, correction, dlog_sigma = self.rim_out(h).split(self.theta_dim, -1)
+            sigma = sigma.squeeze(1)
+            mu = psi[:, : self.theta_dim] + sigma * (
+                2 * torch.sigmoid(gain) * delta
+                + self.step_bound * torch.tanh(correction)
             )
-            move = 2 * torch.sigmoid(gain) * delta + self.step_bound * torch.tanh(
-                correction
+            log_sigma = psi[:, self.theta_dim :] + self.step_bound * torch.tanh(
+                dlog_sigma
             )
-            if factor is None:
-                move = sigma.squeeze(1) * move
-            else:  # in units of the proposal's factor: L move
-                move = (factor.squeeze(1) @ move.unsqueeze(-1)).squeeze(-1)
-            mu = psi[:, :d] + move
-            log_sigma = psi[:, d : 2 * d] + self.step_bound * torch.tanh(dlog_sigma)
-            tril = psi[:, 2 * d :] + self.step_bound * torch.tanh(dtril)
-        log_sigma = log_sigma.clamp(LOG_SIGMA_MIN, LOG_SIGMA_MAX)
-        return torch.cat([mu, log_sigma, tril], -1), h
+        return torch.cat([mu, log_sigma.clamp(LOG_SIGMA_MIN, LOG_SIGMA_MAX)], -1), h
 
 
 def gauss_newton_step(
@@ -503,10 +456,9 @@ def gauss_newton_step(
         max_step: The bound on each coordinate of the step.
 
     Returns:
-        The step :math:`\delta`, of shape `(B, D)`, and :math:`B B^\top / F`, of
-        shape `(B, D, D)`: its diagonal, the mean squared coefficient of each
-        parameter (how much the embeddings follow it); its off-diagonal, which
-        way the embeddings' information points between parameters.
+        The step :math:`\delta`, of shape `(B, D)`, and the mean squared
+        coefficient of each parameter in :math:`B` (how much the embeddings
+        follow it), of shape `(B, D)`.
     """
     m = e.shape[1]
     e_mean, e_sd = e.mean(1, keepdim=True), e.std(1, keepdim=True) + 1e-6
@@ -528,7 +480,7 @@ def gauss_newton_step(
     normal = weighted @ beta.transpose(1, 2) + e.shape[-1] / m * eye
     delta = torch.linalg.solve(normal, weighted @ r_o.transpose(1, 2)).squeeze(-1)
     delta = (delta + u_mean.squeeze(1)).clamp(-max_step, max_step)
-    return delta, beta @ beta.transpose(1, 2) / beta.shape[-1]
+    return delta, beta.square().mean(-1)
 
 
 def local_indicators(x: Tensor, x_o: Tensor, num: int) -> tuple[Tensor, Tensor]:
@@ -597,12 +549,9 @@ def unroll(
     batch, d = mu_0.shape
     trajectory = [psi]
     for _ in range(num_steps):
-        mu, log_sigma, factor = proposal_parts(psi.detach(), d)
+        mu, log_sigma = psi.detach().chunk(2, dim=-1)
         eps = torch.randn(batch, num_samples, d, dtype=mu.dtype, device=mu.device)
-        eps = log_sigma.exp().unsqueeze(1) * eps
-        if factor is not None:
-            eps = (factor.unsqueeze(1) @ eps.unsqueeze(-1)).squeeze(-1)
-        z = mu.unsqueeze(1) + eps
+        z = mu.unsqueeze(1) + log_sigma.exp().unsqueeze(1) * eps
         x = simulate(z.reshape(-1, d).repeat_interleave(num_simulations, dim=0))
         x = x.reshape(batch, num_samples, num_simulations, *x.shape[1:])
         points = machine.embed(x)
@@ -615,64 +564,17 @@ def unroll(
     return torch.stack(trajectory)
 
 
-def proposal_parts(
-    psi: Tensor, theta_dim: int | None = None
-) -> tuple[Tensor, Tensor, Tensor | None]:
-    r"""The means :math:`\mu`, log-scales :math:`\log \sigma` and, for a full
-    covariance, the unit lower-triangular factor :math:`U` (shape `(*, D, D)`;
-    `None` for a diagonal one) of the proposals `psi` of shape `(*, 2D)` or
-    `(*, 2D + D(D - 1)/2)`, `D` the `theta_dim` (by default half the width).
-
-    A full covariance is :math:`\Sigma = U \operatorname{diag}(\sigma^2)
-    U^\top`: :math:`z_i` is :math:`\mu_i` plus a regression on the earlier
-    coordinates' deviations (the strictly lower entries :math:`w` of
-    :math:`U`) plus a Gaussian of scale :math:`\sigma_i`. An unconstrained
-    :math:`w`, and log-scales bounded as the diagonal's: every :math:`\psi`
-    is a valid proposal.
-    """
-    d = psi.shape[-1] // 2 if theta_dim is None else theta_dim
-    mu, log_sigma, tril = psi[..., :d], psi[..., d : 2 * d], psi[..., 2 * d :]
-    if tril.shape[-1] == 0:
-        return mu, log_sigma, None
-    rows, cols = torch.tril_indices(d, d, -1, device=psi.device)
-    lower = psi.new_zeros(*psi.shape[:-1], d, d)
-    lower[..., rows, cols] = tril  # a fresh tensor: differentiable in `tril`
-    return mu, log_sigma, lower + torch.eye(d, dtype=psi.dtype, device=psi.device)
+def gaussian_proposal(psi: Tensor, scale: Tensor | float = 1.0) -> Independent:
+    r"""The diagonal Gaussians :math:`q(z \mid \psi)`, :math:`\psi = (\mu, \log
+    \sigma)` of shape `(*, 2D)`, their scales times `scale`: the one definition
+    of the proposal that training, validation and the posterior use."""
+    mu, log_sigma = psi.chunk(2, dim=-1)
+    return Independent(Normal(mu, log_sigma.exp() * scale, validate_args=False), 1)
 
 
-def gaussian_proposal(
-    psi: Tensor, scale: Tensor | float = 1.0, theta_dim: int | None = None
-) -> Distribution:
-    r"""The Gaussians :math:`q(z \mid \psi)`, :math:`\psi` of shape `(*, 2D)`
-    (diagonal: :math:`(\mu, \log \sigma)`) or `(*, 2D + D(D - 1)/2)` (full,
-    :func:`proposal_parts`), each coordinate's scale times `scale`: the one
-    definition of the proposal that training, validation and the posterior
-    use."""
-    mu, log_sigma, factor = proposal_parts(psi, theta_dim)
-    if factor is None:
-        return Independent(Normal(mu, log_sigma.exp() * scale, validate_args=False), 1)
-    if not isinstance(scale, Tensor):
-        scale = torch.tensor(scale, dtype=psi.dtype, device=psi.device)
-    tril = scale.unsqueeze(-1) * factor * log_sigma.exp().unsqueeze(-2)
-    return MultivariateNormal(mu, scale_tril=tril, validate_args=False)
-
-
-def proposal_moments(
-    psi: Tensor, theta_dim: int | None = None
-) -> tuple[Tensor, Tensor]:
-    r"""The means and marginal standard deviations, each `(*, D)`, of the
-    proposals `psi` (:func:`proposal_parts`)."""
-    mu, log_sigma, factor = proposal_parts(psi, theta_dim)
-    if factor is None:
-        return mu, log_sigma.exp()
-    return mu, (factor * log_sigma.exp().unsqueeze(-2)).square().sum(-1).sqrt()
-
-
-def gaussian_nll(
-    psi: Tensor, z: Tensor, beta: float = 0.0, theta_dim: int | None = None
-) -> Tensor:
-    r"""The negative log-density :math:`-\log q(z \mid \psi)` of the Gaussian
-    proposals `psi` (:func:`proposal_parts`) at `z` of shape `(*, D)`.
+def gaussian_nll(psi: Tensor, z: Tensor, beta: float = 0.0) -> Tensor:
+    r"""The negative log-density :math:`-\log q(z \mid \psi)` of the diagonal
+    Gaussian proposals `psi` of shape `(*, 2D)` at `z` of shape `(*, D)`.
 
     With `beta` > 0, its :math:`\beta`-NLL (Seitzer et al., 2022): each
     coordinate's term weighted by :math:`\sigma^{2\beta}`, held constant in
@@ -688,18 +590,10 @@ def gaussian_nll(
         | Probabilistic Neural Networks (Seitzer et al., ICLR 2022)
         | https://arxiv.org/abs/2203.09168
     """
-    mu, log_sigma, factor = proposal_parts(psi, theta_dim)
-    sigma = log_sigma.exp()
-    if factor is None:
-        u = (z - mu) / sigma
-    else:  # a full covariance's terms are its conditionals' (z_i given z_<i)
-        u = torch.linalg.solve_triangular(
-            factor, (z - mu).unsqueeze(-1), upper=False, unitriangular=True
-        ).squeeze(-1)
-        u = u / sigma
-    nll = log_sigma + u.square() / 2 + math.log(2 * math.pi) / 2  # per coordinate
+    q = gaussian_proposal(psi).base_dist
+    nll = -q.log_prob(z)  # per coordinate, for the weights
     if beta:
-        nll = nll * sigma.detach().pow(2 * beta)
+        nll = nll * q.scale.detach().pow(2 * beta)
     return nll.sum(-1)
 
 

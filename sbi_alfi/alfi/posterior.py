@@ -18,7 +18,7 @@ from torch.distributions import Distribution
 
 from ..checked_posterior import CheckedPosterior
 from ..simulation import Engine
-from .network import RecurrentMachine, gaussian_proposal, proposal_moments
+from .network import RecurrentMachine, gaussian_proposal
 from .rollout import Z_MAX, rollout, simulate_standardized
 
 __all__ = ["ALFIPosterior", "Trajectory"]
@@ -238,9 +238,7 @@ class ALFIPosterior(CheckedPosterior):
         r"""The diagonal Gaussians :math:`q(z \mid \psi_T)` in the standardized
         space, their scales times the machine's `scale_calibration` (set by
         :meth:`ALFI.train` from held-out tasks)."""
-        return gaussian_proposal(
-            psi, self.machine.scale_calibration, self.machine.theta_dim
-        )
+        return gaussian_proposal(psi, self.machine.scale_calibration)
 
     # The sbi posterior interface
 
@@ -350,7 +348,7 @@ class ALFIPosterior(CheckedPosterior):
         x = self._x_else_default_x(x)
         if force_update:
             self._cache.pop(self._key(x), None)
-        mu = self._final(self._psi(x.unsqueeze(0)))[0, : self.machine.theta_dim]
+        mu = self._final(self._psi(x.unsqueeze(0)))[0].chunk(2, dim=-1)[0]
         return self.theta_transform.inv(mu.clamp(-Z_MAX, Z_MAX))[None]
 
     def trajectory(self, x: Tensor | None = None, num_nodes: int = 32) -> Trajectory:
@@ -363,15 +361,15 @@ class ALFIPosterior(CheckedPosterior):
             num_nodes: The number of quadrature nodes.
         """
         psi = self._psi(self._x_else_default_x(x).unsqueeze(0))[:, 0]
-        loc, scale = proposal_moments(psi, self.machine.theta_dim)
+        loc, log_scale = psi.chunk(2, dim=-1)
         nodes, weights = np.polynomial.hermite_e.hermegauss(num_nodes)
         nodes = torch.as_tensor(nodes, dtype=loc.dtype, device=loc.device)
         weights = torch.as_tensor(weights / weights.sum(), dtype=loc.dtype).to(loc)
-        z = loc + scale * nodes[:, None, None]  # (nodes, T + 1, D)
+        z = loc + log_scale.exp() * nodes[:, None, None]  # (nodes, T + 1, D)
         theta = self.theta_transform.inv(z.clamp(-Z_MAX, Z_MAX))
         mean = torch.einsum("k,ktd->td", weights, theta)
         var = torch.einsum("k,ktd->td", weights, (theta - mean).square())
-        return Trajectory(mean, var.sqrt(), loc, scale)
+        return Trajectory(mean, var.sqrt(), loc, log_scale.exp())
 
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
