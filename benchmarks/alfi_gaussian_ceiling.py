@@ -142,12 +142,14 @@ def ratios(se: Tensor, se_mle: Tensor, num_boot: int = 2_000) -> dict[str, str]:
     r"""Mean and median squared error over the MLE's, each with a bootstrap
     90 % interval over the data sets."""
     index = torch.randint(len(se), (num_boot, len(se)))
+    levels = torch.tensor([0.05, 0.95], dtype=se.dtype)
     out = {}
-    for key, stat in (("mean", torch.mean), ("median", torch.median)):
+    for key, stat in (
+        ("mean", lambda v: v.mean(-1)),
+        ("median", lambda v: v.median(-1).values),
+    ):
         value = stat(se) / stat(se_mle)
-        boot = torch.stack([stat(se[i]) / stat(se_mle[i]) for i in index]).quantile(
-            torch.tensor([0.05, 0.95], dtype=se.dtype)
-        )
+        boot = (stat(se[index]) / stat(se_mle[index])).quantile(levels)  # batched
         out[key] = f"{value:.2f} [{boot[0]:.2f}, {boot[1]:.2f}]"
     return out
 
