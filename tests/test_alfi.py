@@ -309,13 +309,13 @@ def test_the_default_posterior_simulates_10n_points_per_step_and_averages(
     trained, poisson
 ):
     posterior = trained.build_posterior()
-    # n = 100 in training, M = 8: K = 10 n / M; of T = 5 steps, the last 2
-    # proposals averaged (a third, rounded up).
+    # n = 100 in training, M = 8: K = 10 n / M; of T = 5 steps, the last 3
+    # proposals averaged (a half, rounded up).
     assert posterior.num_simulations_per_sample == 125
-    assert posterior.num_averaged_steps == 2
+    assert posterior.num_averaged_steps == 3
     x_o = poisson(torch.tensor([[3.0]]).expand(100, 1))
     trajectory = posterior.trajectory(x=x_o)
-    average = posterior.theta_transform.inv(trajectory.loc[-2:].mean(0))
+    average = posterior.theta_transform.inv(trajectory.loc[-3:].mean(0))
     assert torch.allclose(posterior.map(x=x_o)[0], average)
     psi_t = posterior.theta_transform.inv(trajectory.loc[-1])
     assert not torch.allclose(average, psi_t)  # not psi_T alone

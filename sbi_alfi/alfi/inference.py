@@ -30,7 +30,7 @@ __all__ = ["ALFI"]
 # The posterior of a Gauss-Newton machine simulates at least this many points
 # per observed point at each step, and averages this many final proposals
 # (`ALFI.inference_settings`).
-POINTS_PER_OBSERVATION, AVERAGED_STEPS = 10, 5
+POINTS_PER_OBSERVATION, AVERAGED_STEPS = 10, 8
 
 # Validation runs with common random numbers, so that its curve reflects the
 # machine and not the simulator's noise from one epoch to the next.
@@ -549,8 +549,8 @@ class ALFI:
         times the MLE's. The posterior therefore simulates at least
         :math:`10 n` points per step (:math:`K = \lceil 10 n / M \rceil`, `n`
         of the meta-training tasks, at least the trained :math:`K`) and
-        averages the last 5 proposals (the last third of the steps when
-        :math:`T < 15`). The step regresses on the draws, so it
+        averages the last 8 proposals (the last half of the steps when
+        :math:`T < 16`). The step regresses on the draws, so it
         reads any :math:`K`; the paper's machine learned the noise of the
         trained :math:`K` and keeps it, with :math:`\psi_T` alone. On the 4
         problems of `benchmarks/alfi_inference_settings.py` at n = 500, the
@@ -573,8 +573,8 @@ class ALFI:
         return {
             "num_proposal_samples": m,
             "num_simulations_per_sample": max(k, -(-POINTS_PER_OBSERVATION * n // m)),
-            # The last third of the steps, at most 5: earlier proposals are wider.
-            "num_averaged_steps": min(AVERAGED_STEPS, -(-self.num_steps // 3)),
+            # The last half of the steps, at most 8: earlier proposals are wider.
+            "num_averaged_steps": min(AVERAGED_STEPS, -(-self.num_steps // 2)),
         }
 
     def build_posterior(
