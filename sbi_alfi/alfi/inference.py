@@ -216,9 +216,10 @@ class ALFI:
         schedule, with the default T, M, K. They spend 2,000 n simulations on
         the tasks, 8 x 2,000 x T M K in the recurrent steps (96 million) and,
         for the scale calibration, the posterior's settings on the 200 held-out
-        tasks (200 x T x 10 n: 15 million at n = 500), in all 130 to 187 s on
-        a 2-core CPU for those simulators (one thread, two runs at a time);
-        the results are in the README. The posterior then simulates more per
+        tasks (200 x T x 10 n: 15 million at n = 500), in all 149 to 202 s on
+        a 2-core CPU for those simulators with one thread, two runs at a time
+        (Weinberg at n = 500 the slowest, 178 to 202 s; 138 s alone on both
+        cores); the results are in the README. The posterior then simulates more per
         step than training does (:meth:`inference_settings`).
 
         Every recurrent step calls the simulator once for the whole meta-batch
