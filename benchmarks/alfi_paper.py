@@ -351,6 +351,8 @@ def main() -> None:
     args = parser.parse_args()
 
     setting = replace(SETTINGS[args.problem], num_observations=args.num_observations)
+    # The page names a folder other than the default, so that its command reruns.
+    flags = "" if args.output == RESULTS else f" --output {args.output}"
     if args.num_observations != 500:
         args.output = args.output / f"n{args.num_observations}"
     args.output.mkdir(parents=True, exist_ok=True)
@@ -360,11 +362,11 @@ def main() -> None:
         "",
         f"`python benchmarks/alfi_paper.py {args.problem}"
         + (
-            f" --num-observations {args.num_observations}`"
+            f" --num-observations {args.num_observations}"
             if args.num_observations != 500
-            else "`"
+            else ""
         )
-        + f" (seed {args.seed}), on "
+        + f"{flags}` (seed {args.seed}), on "
         f"{platform.machine()} with {torch.get_num_threads()} threads, "
         f"torch {torch.__version__}; {args.num_test} held-out θ* from the prior, "
         f"n = {setting.num_observations} points each.",

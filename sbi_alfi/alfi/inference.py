@@ -218,9 +218,9 @@ class ALFI:
         for the scale calibration, the posterior's settings on the 200 held-out
         tasks (200 x T x 10 n: 15 million at n = 500), in all 149 to 202 s on
         a 2-core CPU for those simulators with one thread, two runs at a time
-        (Weinberg at n = 500 the slowest, 178 to 202 s; 138 s alone on both
-        cores); the results are in the README. The posterior then simulates more per
-        step than training does (:meth:`inference_settings`).
+        (Weinberg at n = 500 the slowest, 178 to 202 s; 138 to 143 s alone on both
+        cores); the results are in the README. The posterior then simulates
+        more per step than training does (:meth:`inference_settings`).
 
         Every recurrent step calls the simulator once for the whole meta-batch
         (tasks x draws x simulations). A `validation_fraction` of the tasks is held
