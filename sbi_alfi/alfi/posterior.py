@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 from collections import OrderedDict
 from collections.abc import Callable
-from typing import Any, NamedTuple
+from typing import Any, Literal, NamedTuple
 
 import numpy as np
 import torch
@@ -50,7 +50,10 @@ class ALFIPosterior(CheckedPosterior):
     with :math:`c` the machine's `scale_calibration`, which :meth:`ALFI.train`
     sets so that :math:`\sigma` measures the errors on held-out tasks. With
     `num_averaged_steps` :math:`k > 1`, :math:`\psi_T` here stands for the
-    average of the last :math:`k` proposals.
+    average of the last :math:`k` proposals. With the `"flow"` read-out (the
+    default where :meth:`ALFI.train` fitted one), :math:`q` is the machine's
+    :class:`~sbi_alfi.alfi.readout.ReadoutFlow` given :math:`\psi_T` instead of
+    the Gaussian, and :meth:`map` stays :math:`t^{-1}(\mu_T)`.
 
     The :math:`T` steps call the simulator :math:`T \times M \times K` times; they run
     once per data set and are cached, so `sample`, `log_prob`, `map` and
@@ -81,6 +84,8 @@ class ALFIPosterior(CheckedPosterior):
             proposals' :math:`(\mu, \log \sigma)` (Polyak–Ruppert averaging:
             each step's move carries the noise of its simulations, which the
             average of the last steps reduces).
+        readout: `"flow"`, the machine's read-out flow; `"gaussian"`, the
+            calibrated Gaussian; `None` for the flow where the machine has one.
 
     Example:
         >>> import torch
@@ -97,7 +102,9 @@ class ALFIPosterior(CheckedPosterior):
         torch.Size([4, 1])
     """
 
-    num_averaged_steps = 1  # posteriors pickled before the option load without it
+    # Posteriors pickled before these options load without them.
+    num_averaged_steps = 1
+    readout = "gaussian"
 
     def __init__(
         self,
@@ -115,6 +122,7 @@ class ALFIPosterior(CheckedPosterior):
         engine: Engine | Any | None = None,
         simulation_batch_size: int = 100,
         num_averaged_steps: int = 1,
+        readout: Literal["flow", "gaussian"] | None = None,
     ):
         check_budget(num_steps, num_proposal_samples, num_simulations_per_sample)
         if not 1 <= num_averaged_steps <= num_steps:
@@ -123,6 +131,19 @@ class ALFIPosterior(CheckedPosterior):
                 f"got {num_averaged_steps}."
             )
         self.num_averaged_steps = num_averaged_steps
+        has_flow = getattr(machine, "readout", None) is not None
+        if readout is None:
+            readout = "flow" if has_flow else "gaussian"
+        if readout not in ("flow", "gaussian"):
+            raise ValueError(
+                f"`readout` must be 'flow' or 'gaussian', got {readout!r}."
+            )
+        if readout == "flow" and not has_flow:
+            raise ValueError(
+                "`readout='flow'` needs a machine with a read-out flow: train it "
+                "with `ALFI.train(readout='flow')`."
+            )
+        self.readout = readout
         self.engine = engine
         self.simulation_batch_size = simulation_batch_size
         self.machine = machine.eval()
@@ -235,9 +256,12 @@ class ALFIPosterior(CheckedPosterior):
         return psi[-self.num_averaged_steps :].mean(0)
 
     def proposal(self, psi: Tensor) -> Distribution:
-        r"""The diagonal Gaussians :math:`q(z \mid \psi_T)` in the standardized
-        space, their scales times the machine's `scale_calibration` (set by
-        :meth:`ALFI.train` from held-out tasks)."""
+        r"""The final distributions :math:`q(z \mid \psi_T)` in the standardized
+        space for `psi` `(*, 2D)`: the read-out flow's, or the diagonal
+        Gaussians with their scales times the machine's `scale_calibration`
+        (set by :meth:`ALFI.train` from held-out tasks)."""
+        if self.readout == "flow":
+            return self.machine.readout(psi)
         return gaussian_proposal(psi, self.machine.scale_calibration)
 
     # The sbi posterior interface
