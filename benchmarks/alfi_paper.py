@@ -46,6 +46,7 @@ class Setting:
     test_proposal_samples: int | None = None
     learning_rate: float = 1e-3
     machine_kwargs: dict = field(default_factory=dict)
+    readout: str = "gaussian"  # ALFI.train's: "flow" fits the read-out flow
 
 
 SETTINGS = {
@@ -110,6 +111,7 @@ def run(
         learning_rate_schedule="cosine",
         max_num_epochs=setting.max_num_epochs,
         stop_after_epochs=setting.max_num_epochs,
+        readout=setting.readout,
     )
     training_seconds = time.perf_counter() - start
     summary = inference.summary

@@ -27,7 +27,11 @@ class ReadoutFlow(nn.Module):
     Weinberg's data identify one function of its two parameters, and the best
     diagonal Gaussian reads it at 1.18 times the MLE's squared error at
     n = 500, where this flow, given the same Gaussians, reads it at 0.99
-    (`benchmarks/alfi_flow_readout.py`).
+    (`benchmarks/alfi_flow_readout.py`). Fitted on contexts noisier than
+    those it reads, it is less accurate: on contexts as noisy as
+    meta-training's rollouts, 1.69 in the same benchmark (see
+    :meth:`~sbi_alfi.alfi.inference.ALFI.train`'s `readout` for the
+    machine's own).
 
     The flow is `zuko`'s neural spline flow (Durkan et al., 2019), which `sbi`
     builds its density estimators on; only the standardization around
