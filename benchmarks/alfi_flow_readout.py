@@ -35,13 +35,7 @@ from pathlib import Path
 
 import torch
 import zuko
-from alfi_gaussian_ceiling import (
-    GRID_POINTS,
-    Z_LIMIT,
-    posterior_moments,
-    ratios,
-    shares,
-)
+from alfi_gaussian_ceiling import exact_grid, posterior_moments, ratios, shares
 from alfi_paper import coverage
 from sbi.utils import mcmc_transform
 from torch import Tensor
@@ -93,15 +87,7 @@ def main() -> None:
 
     sim, n = Weinberg(), args.num_observations
     transform = mcmc_transform(sim.prior)
-    axis = torch.linspace(-Z_LIMIT, Z_LIMIT, GRID_POINTS, dtype=torch.float64)
-    grid = torch.cartesian_prod(axis, axis)
-    theta = transform.inv(grid.float())
-    log_prior = sim.prior.log_prob(theta).double() + (
-        transform.inv.log_abs_det_jacobian(grid.float(), theta).double()
-    )
-    if log_prior.dim() > 1:
-        log_prior = log_prior.sum(-1)
-    a_grid = Weinberg.asymmetry(theta.double())
+    grid, a_grid, log_prior = exact_grid(sim, transform)
 
     num_train = max(c[2] for c in CONDITIONS)
     total = num_train + args.num_test

@@ -47,6 +47,19 @@ READOUTS = ("exact posterior", "diagonal Gaussian", "full Gaussian")
 Z_LIMIT, GRID_POINTS, A_POINTS, DRAWS = 7.0, 601, 4_001, 20_000
 
 
+def exact_grid(sim: Weinberg, transform) -> tuple[Tensor, Tensor, Tensor]:
+    r"""The grid in z `(G, 2)`, A on it and the prior's log-density in z."""
+    axis = torch.linspace(-Z_LIMIT, Z_LIMIT, GRID_POINTS, dtype=torch.float64)
+    z = torch.cartesian_prod(axis, axis)
+    theta = transform.inv(z.float()).double()
+    log_prior = sim.prior.log_prob(theta.float()).double() + (
+        transform.inv.log_abs_det_jacobian(z.float(), theta.float()).double()
+    )
+    if log_prior.dim() > 1:
+        log_prior = log_prior.sum(-1)
+    return z, Weinberg.asymmetry(theta), log_prior
+
+
 def posterior_moments(
     sim: Weinberg, x: Tensor, z: Tensor, a: Tensor, log_prior: Tensor
 ) -> tuple[Tensor, Tensor, Tensor]:
@@ -80,15 +93,7 @@ def main() -> None:
 
     sim = Weinberg()
     transform = mcmc_transform(sim.prior)
-    axis = torch.linspace(-Z_LIMIT, Z_LIMIT, GRID_POINTS, dtype=torch.float64)
-    z = torch.cartesian_prod(axis, axis)
-    theta = transform.inv(z.float()).double()
-    log_prior = sim.prior.log_prob(theta.float()).double() + (
-        transform.inv.log_abs_det_jacobian(z.float(), theta.float()).double()
-    )
-    if log_prior.dim() > 1:
-        log_prior = log_prior.sum(-1)
-    a_grid = Weinberg.asymmetry(theta)
+    z, a_grid, log_prior = exact_grid(sim, transform)
 
     rows = []
     for n in (100, 500):
