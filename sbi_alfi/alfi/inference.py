@@ -288,7 +288,7 @@ class ALFI:
                 on; `num_tasks` when `None`. They run through the machine with
                 the training's :math:`M` and :math:`K` and the posterior's
                 averaging (as many simulations as one epoch), and the flow
-                takes 1,000 steps of 128 tasks (8 s on one CPU thread).
+                takes 1,000 steps of 128 tasks (about 8 s on one CPU thread).
             checkpoint_path: When given, a checkpoint (tasks, machine, optimizer,
                 early-stopping state and random state) is written there after the
                 tasks are simulated and after every epoch.
@@ -419,7 +419,7 @@ class ALFI:
 
         Their proposals come from the training's :math:`K`, not the
         posterior's: the flow learns a shape relative to :math:`\psi`, and
-        these runs cost a tenth of the posterior's at n = 500."""
+        these runs cost a twelfth of the posterior's at n = 500 (K = 20, not 250)."""
         start = time.perf_counter()
         posterior = self.build_posterior(
             num_simulations_per_sample=self.num_simulations_per_sample,
