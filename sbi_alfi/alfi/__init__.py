@@ -4,5 +4,6 @@ r"""ALFI: likelihood-free inference with a meta-learned recurrent proposal optim
 from .inference import ALFI
 from .network import RecurrentMachine
 from .posterior import ALFIPosterior, Trajectory
+from .readout import ReadoutFlow
 
-__all__ = ["ALFI", "ALFIPosterior", "RecurrentMachine", "Trajectory"]
+__all__ = ["ALFI", "ALFIPosterior", "ReadoutFlow", "RecurrentMachine", "Trajectory"]

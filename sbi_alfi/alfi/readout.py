@@ -25,9 +25,9 @@ class ReadoutFlow(nn.Module):
     units, which is the same whether the posterior is 1e-3 of the prior wide or
     1/3. A diagonal Gaussian over :math:`z` cannot follow a curved posterior:
     Weinberg's data identify one function of its two parameters, and the best
-    diagonal Gaussian reads it at 1.18 times the MLE's squared error at
+    diagonal Gaussian reads it at 1.16 times the MLE's squared error at
     n = 500, where this flow, given the same Gaussians, reads it at 0.99
-    (`benchmarks/alfi_flow_readout.py`). Fitted on contexts noisier than
+    (both in `benchmarks/alfi_flow_readout.py`). Fitted on contexts noisier than
     those it reads, it is less accurate: on contexts as noisy as
     meta-training's rollouts, 1.69 in the same benchmark (see
     :meth:`~sbi_alfi.alfi.inference.ALFI.train`'s `readout` for the
