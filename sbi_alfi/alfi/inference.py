@@ -278,11 +278,11 @@ class ALFI:
                 `benchmarks/results/alfi_inference_flow`). It is off by
                 default because elsewhere it was less accurate: at n = 500 its
                 mean squared error was higher in all 5 rows of the other
-                problems (seed 0; Laplace's b 1.31 against 1.12), as it is
+                problems (3 seeds; Laplace's b 1.26 against 1.06), as it is
                 fitted on proposals noisier than the posterior's. Its tasks and
                 fit took 17 s of a 180 s meta-training alone on 2 cores
                 (Weinberg, n = 500; a probe), and two runs at a time took
-                206-278 s instead of 150-202 s.
+                206-296 s instead of 150-202 s.
                 `"gaussian"`: the calibrated Gaussian alone.
             num_readout_tasks: The fresh tasks the read-out flow is fitted
                 on; `num_tasks` when `None`. They run through the machine with
