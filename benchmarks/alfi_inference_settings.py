@@ -133,7 +133,7 @@ def main() -> None:
             posterior.num_averaged_steps,
         )
         default_readout = posterior.readout
-        a_flow = default_readout == "flow"
+        reads_flow = default_readout == "flow"
         settings = {
             "Gaussian": (m, k, a),
             "training": (
@@ -157,7 +157,7 @@ def main() -> None:
         }
         new = []
         # With the Gaussian read-out as the default, "Gaussian" repeats it.
-        for variant in [v for v in args.variants if v != "Gaussian" or a_flow]:
+        for variant in [v for v in args.variants if v != "Gaussian" or reads_flow]:
             m, k, a = settings[variant]
             posterior.readout = "gaussian" if variant == "Gaussian" else default_readout
             posterior.num_proposal_samples = m
