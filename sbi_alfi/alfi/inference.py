@@ -428,9 +428,7 @@ class ALFI:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(READOUT_SEED)
             theta, x = self.simulate_tasks(num_tasks, num_observations)
-            psi = torch.cat(
-                [posterior._final(posterior._run(batch)) for batch in x.split(128)]
-            )
+            psi = posterior._final_proposals(x, 128)
             flow = ReadoutFlow(self._theta_dim).to(self._device)
             z_star = self._theta_transform(theta).clamp(-Z_MAX, Z_MAX)
             loss = flow.fit(psi, z_star, show_progress_bars=self._show_progress_bars)
@@ -442,16 +440,12 @@ class ALFI:
         r"""The scale calibration of the default posterior's final proposal on
         the held-out tasks."""
         posterior = self.build_posterior()
-        posterior.machine.scale_calibration.fill_(1.0)
-        residuals = []
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(VALIDATION_SEED)
-            for batch in state.validation.split(batch_size):
-                psi = posterior._final(posterior._run(state.x[batch]))
-                mu, log_sigma = psi.chunk(2, -1)
-                z_star = self._theta_transform(state.theta[batch]).clamp(-Z_MAX, Z_MAX)
-                residuals.append((z_star - mu) / log_sigma.exp())
-        return scale_calibration(torch.cat(residuals))
+            psi = posterior._final_proposals(state.x[state.validation], batch_size)
+        mu, log_sigma = psi.chunk(2, -1)
+        z_star = self._theta_transform(state.theta[state.validation])
+        return scale_calibration((z_star.clamp(-Z_MAX, Z_MAX) - mu) / log_sigma.exp())
 
     def _new_training(
         self, config: dict[str, int], validation_fraction: float

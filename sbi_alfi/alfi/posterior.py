@@ -255,6 +255,12 @@ class ALFIPosterior(CheckedPosterior):
         \sigma)`, of shape `(B, 2D)`."""
         return psi[-self.num_averaged_steps :].mean(0)
 
+    def _final_proposals(self, x: Tensor, batch_size: int) -> Tensor:
+        r"""The final proposals `(B, 2D)` of data sets `x` `(B, n, *x_shape)`,
+        run `batch_size` at a time and not cached: meta-training's held-out
+        and read-out tasks, each seen once."""
+        return torch.cat([self._final(self._run(b)) for b in x.split(batch_size)])
+
     def proposal(self, psi: Tensor) -> Distribution:
         r"""The final distributions :math:`q(z \mid \psi_T)` in the standardized
         space for `psi` `(*, 2D)`: the read-out flow's, or the diagonal
