@@ -2,17 +2,14 @@
 
 import io
 
-import numpy as np
 import pytest
 import torch
-from scipy import stats
+from density_checks import check_draws_follow_log_prob
 from torch.distributions import MultivariateNormal, Normal
 
 from sbi_alfi import ALFI
 from sbi_alfi.alfi.readout import ReadoutFlow
 from sbi_alfi.simulators import Poisson
-
-P_MIN = 1e-3  # goodness-of-fit tests reject below this p-value
 
 
 def curved_tasks(num: int, generator: torch.Generator):
@@ -85,20 +82,7 @@ def test_the_posterior_samples_and_scores_the_flow(flow_alfi, figure):
     assert inference.summary["readout_seconds"][0] > 0
     x_o = sim(torch.tensor([[2.0]]).expand(50, 1))
     grid = torch.linspace(0.2, 7.0, 100_001)
-    density = posterior.log_prob(grid[:, None], x=x_o).exp()
-    assert torch.trapezoid(density, grid).item() == pytest.approx(1.0, abs=1e-3)
-    cdf = torch.cat([torch.zeros(1), torch.cumulative_trapezoid(density, grid)])
-
-    def exact_cdf(points):
-        return np.interp(points, grid.numpy(), cdf.numpy())
-
-    samples = posterior.sample((5_000,), x=x_o)[:, 0]
-    figure.at_least(
-        "KS p-value", stats.kstest(samples.numpy(), exact_cdf).pvalue, P_MIN
-    )
-    moved = (samples + samples.std() / 5).numpy()
-    planted = "draws moved by sd / 5"
-    figure.at_most("KS p-value", stats.kstest(moved, exact_cdf).pvalue, P_MIN, planted)
+    check_draws_follow_log_prob(figure, posterior, x_o, grid)
     # The read-out changes q, not the machine's (cached) run nor its point.
     assert inference.build_posterior(readout="gaussian").readout == "gaussian"
     theta = grid[::10_000, None]
