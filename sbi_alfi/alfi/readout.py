@@ -34,8 +34,10 @@ class ReadoutFlow(nn.Module):
     machine's own).
 
     The flow is `zuko`'s neural spline flow (Durkan et al., 2019), which `sbi`
-    builds its density estimators on; only the standardization around
-    :math:`\psi` is written here.
+    builds its density estimators on; written here are only the
+    standardization around :math:`\psi` and :meth:`fit`'s plain NLL loop
+    (`zuko` has no trainer, and `sbi`'s train its own estimators on its own
+    data).
 
     References:
         | Neural Spline Flows (Durkan et al., 2019)
