@@ -29,7 +29,7 @@ class ReadoutFlow(nn.Module):
     n = 500, where this flow, given the same Gaussians, reads it at 0.99
     (both in `benchmarks/alfi_flow_readout.py`). Fitted on contexts noisier than
     those it reads, it is less accurate: on contexts as noisy as
-    meta-training's rollouts, 1.69 in the same benchmark (see
+    meta-training's rollouts, 1.67 in the same benchmark (see
     :meth:`~sbi_alfi.alfi.inference.ALFI.train`'s `readout` for the
     machine's own).
 
